@@ -1,0 +1,14 @@
+"""FlexConv building blocks: kernel networks, the Gaussian mask, FFT/direct convolution, FlexConv layers."""
+from .fftconv import choose_conv_method, conv_direct, conv_fft, conv_nd, next_fast_len
+from .flexconv import FlexConv1d, FlexConv2d, FlexConvNd
+from .kernelnet import (
+    KERNEL_NETS, SIREN, FourierNet, GaborNet, MAGNet, MLPKernelNet, MultiplicativeFilterNet, create_kernel_net,
+)
+from .mask import GaussianMask
+from .resolution import grid_size_for_input, sampling_rate_scale
+
+__all__ = [
+    'FlexConvNd', 'FlexConv1d', 'FlexConv2d', 'GaussianMask', 'MAGNet', 'GaborNet', 'FourierNet', 'SIREN',
+    'MLPKernelNet', 'MultiplicativeFilterNet', 'KERNEL_NETS', 'create_kernel_net', 'conv_nd', 'conv_direct',
+    'conv_fft', 'choose_conv_method', 'next_fast_len', 'grid_size_for_input', 'sampling_rate_scale',
+]

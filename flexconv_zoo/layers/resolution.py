@@ -1,0 +1,101 @@
+"""Kernel grids and the rules for changing the sampling resolution of a continuous kernel.
+
+A FlexConv kernel lives on ``[-1, 1]^D``. On a grid of ``K`` points per dimension the step is
+``2 / (K - 1)``. For an image of ``n`` pixels the grid has ``K = 2 * (n // 2) + 1`` points (33 for 32 px,
+the paper's "horizon"), so that a full-size kernel reaches every pixel from every other pixel.
+
+When the same continuous kernel is sampled on a denser grid (a model trained at 16 px run at 32 px),
+the kernel is scaled by ``prod_d (K_src,d - 1) / (K_tgt,d - 1)`` so that its sum over the
+denser samples stays comparable (paper: ``(src / tgt)^D``).
+"""
+import math
+from typing import Sequence, Tuple, Union
+
+import torch
+
+__all__ = [
+    'grid_size_for_input', 'to_tuple', 'crop_extent_centered', 'crop_extent_causal',
+    'grid_positions', 'sampling_rate_scale', 'threshold_radius', 'MIN_INPUT_SIZE',
+]
+
+IntOrSeq = Union[int, Sequence[int]]
+
+# A kernel grid needs two samples per dimension to define a step (linspace(-1, 1, K) with K >= 2).
+MIN_INPUT_SIZE = 2
+
+
+def to_tuple(value: IntOrSeq, dim: int, name: str = 'size') -> Tuple[int, ...]:
+    """Broadcast an int to a ``dim``-tuple and validate a sequence's length."""
+    if isinstance(value, int):
+        return (value,) * dim
+    value = tuple(int(v) for v in value)
+    if len(value) != dim:
+        raise ValueError(f"{name} must be an int or a sequence of {dim} ints, got {value}.")
+    return value
+
+
+def grid_size_for_input(input_size: IntOrSeq, dim: int, causal: bool = False) -> Tuple[int, ...]:
+    """Kernel grid that covers an input of ``input_size`` samples per dimension.
+
+    Centred ("same") kernels get ``2 * (n // 2) + 1`` points, so every pixel reaches every other one
+    (33 for 32 px); causal kernels get ``n`` points, the present and all ``n - 1`` past steps.
+    """
+    sizes = to_tuple(input_size, dim, 'input_size')
+    if any(n < MIN_INPUT_SIZE for n in sizes):
+        raise ValueError(
+            f"FlexConv needs at least {MIN_INPUT_SIZE} samples per dimension, got input size {sizes}.")
+    return sizes if causal else tuple(2 * (n // 2) + 1 for n in sizes)
+
+
+def threshold_radius(threshold: float) -> float:
+    """Distance from the mean, in units of sigma, where a Gaussian falls to ``threshold``."""
+    return math.sqrt(-2.0 * math.log(threshold))
+
+
+def crop_extent_centered(root: float, grid_size: int) -> Tuple[int, int]:
+    """``(start, length)`` of the symmetric window of a ``grid_size`` grid whose positions lie inside
+    ``(-root, root)``: the 2-D FlexConv crop (paper / original code: ``-root < p`` on the left half)."""
+    if root >= 1.0:
+        return 0, grid_size
+    half = (grid_size - 1) / 2
+    # number of grid points p_i = -1 + i / half with p_i <= -root
+    start = int(math.floor((1.0 - root) * half + 1e-9)) + 1
+    start = min(start, (grid_size - 1) // 2)  # keep at least the centre sample
+    return start, grid_size - 2 * start
+
+
+def crop_extent_causal(root: float, grid_size: int) -> Tuple[int, int]:
+    """``(start, length)`` of the positions ``p > root`` of a ``grid_size`` grid: the 1-D causal crop."""
+    if root <= -1.0 or root >= 1.0:
+        return 0, grid_size
+    half = (grid_size - 1) / 2
+    start = int(math.floor((root + 1.0) * half + 1e-9)) + 1
+    start = min(start, grid_size - 1)  # keep at least the present sample
+    return start, grid_size - start
+
+
+def grid_positions(
+        grid_size: Sequence[int],
+        start: Sequence[int],
+        length: Sequence[int],
+        device=None,
+        dtype=None,
+) -> torch.Tensor:
+    """Positions of a window of the ``linspace(-1, 1, K)`` grid, shape ``(prod(length), D)``.
+
+    The window samples exactly the points of the full grid, so cropping never moves a sample.
+    """
+    axes = []
+    for k, s, n in zip(grid_size, start, length):
+        idx = torch.arange(s, s + n, device=device, dtype=torch.float64)
+        axes.append((idx * (2.0 / (k - 1)) - 1.0).to(dtype or torch.get_default_dtype()))
+    mesh = torch.meshgrid(*axes, indexing='ij')
+    return torch.stack(mesh, dim=-1).reshape(-1, len(axes))
+
+
+def sampling_rate_scale(source_grid: Sequence[int], target_grid: Sequence[int]) -> float:
+    """Kernel scale when resampling from ``source_grid`` to ``target_grid``: ``prod (K_s - 1) / (K_t - 1)``."""
+    scale = 1.0
+    for k_src, k_tgt in zip(source_grid, target_grid):
+        scale *= (k_src - 1) / (k_tgt - 1)
+    return scale

@@ -1,0 +1,326 @@
+"""FlexTCN: causal temporal convolutional networks of FlexConvs for sequences.
+
+Paper: "FlexConv: Continuous Kernel Convolutions with Differentiable Kernel Sizes"
+    David W. Romero, Robert-Jan Bruintjes, Jakub M. Tomczak, Erik J. Bekkers, Mark Hoogendoorn,
+    Jan C. van Gemert. ICLR 2022. https://arxiv.org/abs/2110.08059
+Original code (MIT): https://github.com/rjbruin/flexconv
+
+N residual blocks of width 30, each ``FlexConv1d -> BN -> ReLU -> Dropout`` twice, a shortcut
+(1x1 conv when widths differ) and a ReLU; the head is a linear layer on the last time step.
+FlexTCN-2/4/6 have 105,548 / 239,436 / 373,324 parameters with 1 input channel and 10 classes (raw audio);
+FlexTCN-6 reaches 91.73 % on raw Speech Commands (paper).
+
+Inputs are ``(batch, channels, length)``. timm's tooling thinks in images, so ``(batch, channels, 1, length)``
+is accepted as well and the pretrained configs describe sequences that way (``input_size = (C, 1, L)``).
+``seq_len`` fixes the kernel grid (the paper's horizon: the kernel can span the whole training sequence).
+"""
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import get_device_dtype
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from ..layers import FlexConv1d
+from ._base import FlexConvModelMixin, as_sequence, restore_layout
+from ._checkpoint import checkpoint_filter_fn
+
+__all__ = ['FlexTCN', 'FlexTCNBlock']
+
+SEQUENCE_POOLS = ('last', 'avg', '')
+
+
+class FlexTCNBlock(nn.Module):
+    """``[FlexConv1d -> BN -> ReLU -> Dropout] x 2 -> (+ shortcut) -> ReLU`` (Bai et al. 2018 TCN block)."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            conv_layer: Callable[..., nn.Module],
+            drop_rate: float = 0.1,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.conv1 = conv_layer(in_chs, out_chs, **dd)
+        self.norm1 = nn.BatchNorm1d(out_chs, **dd)
+        self.conv2 = conv_layer(out_chs, out_chs, **dd)
+        self.norm2 = nn.BatchNorm1d(out_chs, **dd)
+        self.drop = nn.Dropout(drop_rate)
+        self.act = nn.ReLU()
+        self.shortcut = nn.Conv1d(in_chs, out_chs, 1, **dd) if in_chs != out_chs else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(x)
+        x = self.drop(self.act(self.norm1(self.conv1(x))))
+        x = self.drop(self.act(self.norm2(self.conv2(x))))
+        return self.act(x + shortcut)
+
+
+class SequenceHead(nn.Module):
+    """Pool a ``(B, C, L)`` (or ``(B, C, 1, L)``) sequence ('last' step, 'avg', or '' for none) -> dropout -> linear."""
+
+    def __init__(self, in_features: int, num_classes: int, pool_type: str = 'last', drop_rate: float = 0.0,
+                 device=None, dtype=None):
+        super().__init__()
+        self.in_features = in_features
+        self.pool_type = self._check_pool(pool_type)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = self._make_fc(num_classes, device=device, dtype=dtype)
+
+    @staticmethod
+    def _check_pool(pool_type: str) -> str:
+        if pool_type not in SEQUENCE_POOLS:
+            raise ValueError(f"FlexTCN global_pool must be one of {SEQUENCE_POOLS}, got {pool_type!r}.")
+        return pool_type
+
+    def _make_fc(self, num_classes: int, device=None, dtype=None) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        fc = nn.Linear(self.in_features, num_classes, device=device, dtype=dtype)
+        if not fc.weight.is_meta:
+            nn.init.normal_(fc.weight, std=0.01)  # original code's head init
+            nn.init.zeros_(fc.bias)
+        return fc
+
+    def reset(self, num_classes: int, pool_type: Optional[str] = None, in_features: Optional[int] = None) -> None:
+        if pool_type is not None:
+            self.pool_type = self._check_pool(pool_type)
+        if in_features is not None:
+            self.in_features = in_features
+        self.fc = self._make_fc(num_classes, **get_device_dtype(self))
+        self.fc.train(self.training)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.pool_type == 'last':
+            x = x[..., -1].flatten(1)
+        elif self.pool_type == 'avg':
+            x = x.flatten(2).mean(-1)
+        x = self.drop(x)
+        return x if pre_logits else self.fc(x)
+
+
+class FlexTCN(FlexConvModelMixin, nn.Module):
+    """FlexTCN sequence classifier.
+
+    Args:
+        widths: Width of each residual block (paper: 30 for every block).
+        in_chans: Input channels (1 for raw audio, 20 for MFCC features, 3 for CharacterTrajectories).
+        num_classes: Classes of the head (0 removes the classifier).
+        global_pool: 'last' (paper: classify from the last step), 'avg', or '' for no pooling.
+        seq_len: Sequence length the model trains on; the kernel grid has ``seq_len`` points.
+        drop_rate: Dropout before the classifier.
+        block_drop_rate: Dropout inside each block.
+        kernel_net, kernel_hidden, kernel_layers, kernel_input_scale, mask_init_sigma, mask_threshold,
+        conv_method, follow_input_size: passed to every causal :class:`~flexconv_zoo.layers.FlexConv1d`.
+    """
+
+    def __init__(
+            self,
+            widths: Sequence[int] = (30, 30, 30, 30, 30, 30),
+            in_chans: int = 1,
+            num_classes: int = 10,
+            global_pool: str = 'last',
+            seq_len: int = 16000,
+            drop_rate: float = 0.0,
+            block_drop_rate: float = 0.1,
+            kernel_net: str = 'magnet',
+            kernel_hidden: int = 32,
+            kernel_layers: int = 3,
+            kernel_input_scale: float = 25.6,
+            mask_init_sigma: float = 0.075,
+            mask_threshold: float = 0.1,
+            conv_method: str = 'auto',
+            follow_input_size: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        if not widths:
+            raise ValueError("FlexTCN needs at least one residual block (widths is empty).")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.output_fmt = 'NCHW'  # features come back as (B, C, 1, L) for image-shaped inputs
+
+        conv_layer = partial(
+            FlexConv1d,
+            causal=True,
+            kernel_net=kernel_net,
+            kernel_hidden=kernel_hidden,
+            kernel_layers=kernel_layers,
+            kernel_input_scale=kernel_input_scale,
+            mask_init_sigma=mask_init_sigma,
+            mask_threshold=mask_threshold,
+            conv_method=conv_method,
+            follow_input_size=follow_input_size,
+        )
+        blocks, self.feature_info = [], []
+        prev_chs = in_chans
+        for i, width in enumerate(widths):
+            blocks.append(FlexTCNBlock(prev_chs, width, conv_layer, drop_rate=block_drop_rate, **dd))
+            self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
+            prev_chs = width
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = self.head_hidden_size = prev_chs
+        self.head = SequenceHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+        self.set_source_size(seq_len)
+
+    # ------------------------------------------------------------------ resolution
+    @staticmethod
+    def _length(size: Union[int, Sequence[int]]) -> int:
+        # (C, 1, L) / (1, L) image-style sizes carry the length last.
+        return int(size) if isinstance(size, int) else int(size[-1])
+
+    def set_source_size(self, seq_len: Union[int, Sequence[int]]) -> None:
+        """Declare the training sequence length (sets the kernel grid every layer is trained on)."""
+        self.seq_len = self._length(seq_len)
+        for layer in self.flexconv_layers():
+            layer.set_source_size(self.seq_len)
+
+    def set_input_size(
+            self,
+            seq_len: Optional[Union[int, Sequence[int]]] = None,
+            img_size: Optional[Union[int, Sequence[int]]] = None,
+    ) -> None:
+        """Run on sequences resampled to ``seq_len`` steps: resample every kernel on that grid.
+
+        ``img_size`` is timm's spelling; for a ``(1, L)`` size its last entry is the length.
+        """
+        size = seq_len if seq_len is not None else img_size
+        if size is None:
+            return
+        length = self._length(size)
+        for layer in self.flexconv_layers():
+            layer.set_input_size(length)
+        cfg = getattr(self, 'pretrained_cfg', None)
+        if cfg:
+            cfg = dict(cfg, input_size=(self.in_chans, 1, length))
+            cfg.pop('test_input_size', None)
+            self.pretrained_cfg = self.default_cfg = cfg
+
+    # ------------------------------------------------------------------ timm API
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r'^blocks\.0\.', blocks=r'^blocks\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCL',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward that also returns the outputs of the blocks selected by ``indices`` (see timm)."""
+        if output_fmt not in ('NCL', 'NCHW'):
+            raise ValueError(f"FlexTCN intermediates are NCL (or NCHW for (B, C, 1, L)), got {output_fmt!r}.")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        inputs = x
+        x = as_sequence(x, self.in_chans, type(self).__name__)
+        blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
+        intermediates = []
+        for idx, block in enumerate(blocks):
+            x = block(x)
+            if idx in take_indices:
+                intermediates.append(x.unsqueeze(2) if output_fmt == 'NCHW' else x)
+        if intermediates_only:
+            return intermediates
+        return restore_layout(x, inputs), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks after the last one ``indices`` needs (and the head)."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or max_index < len(self.feature_info) - 1:
+            self.head.reset(0, pool_type='', in_features=self.num_features)
+            self.num_classes = 0
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, L)`` -> ``(B, width, L)``; ``(B, C, 1, L)`` -> ``(B, width, 1, L)``."""
+        features = as_sequence(x, self.in_chans, type(self).__name__)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            features = checkpoint_seq(self.blocks, features)
+        else:
+            features = self.blocks(features)
+        return restore_layout(features, x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create_flextcn(variant: str, pretrained: bool = False, **kwargs: Any) -> FlexTCN:
+    num_blocks = len(kwargs.get('widths', ()))
+    return build_model_with_cfg(
+        FlexTCN, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=tuple(range(num_blocks)), flatten_sequential=True),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        'num_classes': 10, 'input_size': (1, 1, 16000), 'pool_size': (1, 16000),
+        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': (0.0,), 'std': (1.0,),
+        'first_conv': 'blocks.0.conv1.kernel_net.output', 'classifier': 'head.fc',
+        'paper_ids': 'arXiv:2110.08059',
+        'paper_name': 'FlexConv: Continuous Kernel Convolutions with Differentiable Kernel Sizes',
+        'origin_url': 'https://github.com/rjbruin/flexconv', 'license': 'mit',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'flextcn2.untrained': _cfg(),
+    'flextcn4.untrained': _cfg(),
+    'flextcn6.untrained': _cfg(),
+})
+
+
+@register_model
+def flextcn2(pretrained: bool = False, **kwargs: Any) -> FlexTCN:
+    """FlexTCN-2: 2 blocks of width 30, 105,548 parameters (1 channel, 10 classes)."""
+    return _create_flextcn('flextcn2', pretrained=pretrained, **dict(dict(widths=(30,) * 2), **kwargs))
+
+
+@register_model
+def flextcn4(pretrained: bool = False, **kwargs: Any) -> FlexTCN:
+    """FlexTCN-4: 4 blocks of width 30, 239,436 parameters (1 channel, 10 classes)."""
+    return _create_flextcn('flextcn4', pretrained=pretrained, **dict(dict(widths=(30,) * 4), **kwargs))
+
+
+@register_model
+def flextcn6(pretrained: bool = False, **kwargs: Any) -> FlexTCN:
+    """FlexTCN-6: 6 blocks of width 30, 373,324 parameters (1 channel, 10 classes)."""
+    return _create_flextcn('flextcn6', pretrained=pretrained, **dict(dict(widths=(30,) * 6), **kwargs))
