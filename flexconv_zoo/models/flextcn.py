@@ -55,11 +55,14 @@ class FlexTCNBlock(nn.Module):
         self.act = nn.ReLU()
         self.shortcut = nn.Conv1d(in_chs, out_chs, 1, **dd) if in_chs != out_chs else nn.Identity()
 
+    def forward_taps(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Outputs after the first FlexConv stage and after the whole block."""
+        hidden = self.drop(self.act(self.norm1(self.conv1(x))))
+        out = self.drop(self.act(self.norm2(self.conv2(hidden))))
+        return hidden, self.act(out + self.shortcut(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.shortcut(x)
-        x = self.drop(self.act(self.norm1(self.conv1(x))))
-        x = self.drop(self.act(self.norm2(self.conv2(x))))
-        return self.act(x + shortcut)
+        return self.forward_taps(x)[1]
 
 
 class SequenceHead(nn.Module):
@@ -88,12 +91,19 @@ class SequenceHead(nn.Module):
             nn.init.zeros_(fc.bias)
         return fc
 
-    def reset(self, num_classes: int, pool_type: Optional[str] = None, in_features: Optional[int] = None) -> None:
+    def reset(
+            self,
+            num_classes: int,
+            pool_type: Optional[str] = None,
+            in_features: Optional[int] = None,
+            device=None,
+            dtype=None,
+    ) -> None:
         if pool_type is not None:
             self.pool_type = self._check_pool(pool_type)
         if in_features is not None:
             self.in_features = in_features
-        self.fc = self._make_fc(num_classes, **get_device_dtype(self))
+        self.fc = self._make_fc(num_classes, **get_device_dtype(self, device=device, dtype=dtype))
         self.fc.train(self.training)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -166,7 +176,11 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
         prev_chs = in_chans
         for i, width in enumerate(widths):
             blocks.append(FlexTCNBlock(prev_chs, width, conv_layer, drop_rate=block_drop_rate, **dd))
-            self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
+            # Two feature taps per block (after each FlexConv stage), so even FlexTCN-2 has 4 levels.
+            self.feature_info += [
+                dict(num_chs=width, reduction=1, module=f'blocks.{i}.norm1'),
+                dict(num_chs=width, reduction=1, module=f'blocks.{i}'),
+            ]
             prev_chs = width
         self.blocks = nn.Sequential(*blocks)
         self.num_features = self.head_hidden_size = prev_chs
@@ -221,7 +235,7 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
+        self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
 
     def forward_intermediates(
             self,
@@ -232,18 +246,23 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
             output_fmt: str = 'NCL',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward that also returns the outputs of the blocks selected by ``indices`` (see timm)."""
+        """Forward that also returns intermediate features (see timm's ``forward_intermediates``).
+
+        There are two taps per block: tap ``2i`` follows block ``i``'s first FlexConv stage, tap ``2i + 1``
+        is block ``i``'s output. ``output_fmt='NCL'`` gives ``(B, C, L)``, ``'NCHW'`` gives ``(B, C, 1, L)``.
+        """
         if output_fmt not in ('NCL', 'NCHW'):
-            raise ValueError(f"FlexTCN intermediates are NCL (or NCHW for (B, C, 1, L)), got {output_fmt!r}.")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+            raise ValueError(f"FlexTCN intermediates are 'NCL' or 'NCHW' (B, C, 1, L), got {output_fmt!r}.")
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         inputs = x
         x = as_sequence(x, self.in_chans, type(self).__name__)
-        blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
+        blocks = self.blocks[:max_index // 2 + 1] if stop_early else self.blocks
         intermediates = []
         for idx, block in enumerate(blocks):
-            x = block(x)
-            if idx in take_indices:
-                intermediates.append(x.unsqueeze(2) if output_fmt == 'NCHW' else x)
+            for tap, feat in zip((2 * idx, 2 * idx + 1), block.forward_taps(x)):
+                if tap in take_indices:
+                    intermediates.append(feat.unsqueeze(2) if output_fmt == 'NCHW' else feat)
+                x = feat
         if intermediates_only:
             return intermediates
         return restore_layout(x, inputs), intermediates
@@ -254,13 +273,13 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        """Drop the blocks after the last one ``indices`` needs (and the head)."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or max_index < len(self.feature_info) - 1:
-            self.head.reset(0, pool_type='', in_features=self.num_features)
-            self.num_classes = 0
+        """Drop the blocks after the one holding the last tap ``indices`` needs (and the head)."""
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        self.blocks = self.blocks[:max_index // 2 + 1]
+        self.feature_info = self.feature_info[:2 * len(self.blocks)]
+        self.num_features = self.head_hidden_size = self.feature_info[-1]['num_chs']
+        self.head.reset(0, pool_type='', in_features=self.num_features, **get_device_dtype(self))
+        self.num_classes = 0
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,7 +303,8 @@ def _create_flextcn(variant: str, pretrained: bool = False, **kwargs: Any) -> Fl
     return build_model_with_cfg(
         FlexTCN, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=tuple(range(num_blocks)), flatten_sequential=True),
+        # Features come from forward_intermediates, which accepts both (B, C, L) and (B, C, 1, L).
+        feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(2 * num_blocks))),
         **kwargs,
     )
 
