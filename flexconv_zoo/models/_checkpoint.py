@@ -3,15 +3,26 @@
 Reads this package's own state dicts and the original FlexConv code's checkpoints
 (github.com/rjbruin/flexconv: ``{"model": state_dict}`` with ``cconv1.Kernel.*``, ``mask_params``,
 ``train_length`` keys and 1x1-conv "linear" layers), and adapts the stem to another ``in_chans``.
+
+For checkpoints of this package, the filter also puts the model on the kernel grid the weights were trained
+on (the pretrained cfg's ``input_size``): ``flexnet16.cifar10_16px_alias_free`` samples its kernels on 17
+points even though FlexNet's default ``img_size`` is 32. Original checkpoints record that grid per layer
+(``train_length``); a model built for another grid is refused with the size to use.
+
+Importing this module also routes timm's pretrained loading of FlexConv models through
+:func:`flexconv_zoo.hub.load_pretrained` (Hub download with a bundled fallback and clear errors).
 """
+import logging
 import re
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
 from timm.models import adapt_input_conv
 
-__all__ = ['checkpoint_filter_fn', 'convert_original_state_dict', 'is_original_checkpoint']
+__all__ = ['checkpoint_filter_fn', 'convert_original_state_dict', 'is_original_checkpoint', 'check_original_grid']
+
+_logger = logging.getLogger(__name__)
 
 # (pattern, replacement) applied in order to every key of an original checkpoint.
 _ORIGINAL_RENAMES = [
@@ -27,10 +38,63 @@ _ORIGINAL_RENAMES = [
     (r'\.Kernel\.output_linear\.', '.kernel_net.output.'),
 ]
 _ORIGINAL_DROPPED = ('train_length', 'temperature', 'mask_threshold', 'conv_kernel')
+# Original buffers that describe the layer rather than hold weights: checked against the model, then dropped.
+_ORIGINAL_CHECKED = ('train_length', 'mask_threshold')
 
 
 def is_original_checkpoint(state_dict: Dict[str, torch.Tensor]) -> bool:
+    """True for a state dict in the layout of the original FlexConv code."""
     return any('.Kernel.' in k or k.endswith('mask_params') for k in state_dict)
+
+
+def _rename_original_key(key: str) -> str:
+    for pattern, repl in _ORIGINAL_RENAMES:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def original_layer_buffers(state_dict: Dict[str, torch.Tensor]) -> Dict[Tuple[str, str], torch.Tensor]:
+    """``{(layer name in this package, buffer): value}`` of the original ``train_length`` / ``mask_threshold``."""
+    out = {}
+    for key, value in state_dict.items():
+        prefix, _, leaf = key.rpartition('.')
+        if leaf in _ORIGINAL_CHECKED:
+            out[(_rename_original_key(prefix + '.x')[:-2], leaf)] = value
+    return out
+
+
+def check_original_grid(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Refuse an original checkpoint whose layers were trained on another kernel grid or mask threshold.
+
+    The original code stores per layer the grid size it sampled its kernel on (``train_length``, 0 when the
+    layer never ran) and the crop threshold (``mask_threshold``). Loading them into a model with another grid
+    would silently compute a different function.
+    """
+    problems = []
+    for (layer_name, leaf), value in original_layer_buffers(state_dict).items():
+        try:
+            layer = model.get_submodule(layer_name)
+        except AttributeError:
+            continue  # not a layer of this model: the strict load reports the key mismatch
+        if leaf == 'train_length':
+            grid = int(value.reshape(-1)[0])
+            if grid > 0 and any(k != grid for k in layer.source_grid):
+                problems.append(f"{layer_name}: trained on a {grid}-point kernel grid, model has {layer.source_grid}")
+        elif leaf == 'mask_threshold':
+            threshold = float(value.reshape(-1)[0])
+            if abs(threshold - layer.mask.threshold) > 1e-6:
+                problems.append(f"{layer_name}: mask_threshold {threshold} in the checkpoint, {layer.mask.threshold} "
+                                f"in the model")
+    if problems:
+        grids = sorted({int(v.reshape(-1)[0]) for (_, leaf), v in original_layer_buffers(state_dict).items()
+                        if leaf == 'train_length'} - {0})
+        hint = ''
+        if grids:
+            g = grids[0]
+            hint = (f" Create the model for that grid: FlexNet img_size={g - 1} (grid = 2 * (img_size // 2) + 1), "
+                    f"FlexTCN seq_len={g}; to run it at another resolution afterwards call model.set_input_size(...).")
+        raise ValueError("Original FlexConv checkpoint does not match the model: " + '; '.join(problems[:4])
+                         + (f" (+{len(problems) - 4} more)" if len(problems) > 4 else '') + '.' + hint)
 
 
 def convert_original_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -39,8 +103,7 @@ def convert_original_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str
     for key, value in state_dict.items():
         if key.rsplit('.', 1)[-1] in _ORIGINAL_DROPPED:
             continue
-        for pattern, repl in _ORIGINAL_RENAMES:
-            key = re.sub(pattern, repl, key)
+        key = _rename_original_key(key)
         if key.endswith('mask_params'):
             prefix = key[:-len('mask_params')]
             out[prefix + 'mask.mean'] = value[:, 0].clone()
@@ -76,14 +139,51 @@ def _adapt_stem_channels(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
         state_dict[bias_key] = adapt_input_conv(target_in, bias, base_chans=source_in).reshape(-1)
 
 
+def _align_training_grid(model: nn.Module) -> None:
+    """Put ``model`` on the kernel grid of the resolution its pretrained cfg says the weights were trained at.
+
+    FlexNet: ``input_size[1:]``; an ``img_size`` the user asked for explicitly is honoured as the resolution
+    to run at (``set_input_size``, the paper's resampling protocol). FlexTCN: ``input_size[-1]`` steps.
+    """
+    size = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size')
+    if not size or not hasattr(model, 'set_source_size'):
+        return
+    if hasattr(model, 'seq_len'):
+        if int(model.seq_len) != int(size[-1]):
+            _logger.info(f"Pretrained weights were trained on length {size[-1]} sequences: kernel grid set to it.")
+            model.set_source_size(int(size[-1]))
+        return
+    trained = tuple(int(s) for s in size[1:])
+    if tuple(model.img_size) == trained:
+        return
+    requested = (getattr(model, '_traits', None) or {}).get('img_size')
+    model.set_source_size(trained)
+    if requested is not None and tuple(requested) != trained:
+        _logger.warning(
+            f"Pretrained weights were trained at {trained}; the kernels are resampled for the requested "
+            f"img_size={tuple(requested)} (model.set_input_size, the paper's protocol).")
+        model.set_input_size(tuple(requested))
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """timm pretrained filter: unwrap, convert original checkpoints, adapt ``in_chans``."""
+    """timm pretrained filter: unwrap, convert original checkpoints (grid-checked), fix the grid, adapt ``in_chans``."""
     for wrapper in ('model', 'state_dict', 'model_state_dict'):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
             break
     if is_original_checkpoint(state_dict):
+        check_original_grid(state_dict, model)
         state_dict = convert_original_state_dict(state_dict)
+    else:
+        _align_training_grid(model)
     state_dict = dict(state_dict)
     _adapt_stem_channels(state_dict, model)
     return state_dict
+
+
+def _install_loader() -> None:
+    from .. import hub  # the package's hub module holds the loader; models do not depend on it otherwise
+    hub.install_pretrained_loader()
+
+
+_install_loader()
