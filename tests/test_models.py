@@ -1,0 +1,251 @@
+"""FlexNet / FlexTCN as timm models: architecture facts, the timm model API and input checks."""
+import pytest
+import timm
+import torch
+from timm.data import resolve_data_config
+from timm.models._manipulate import group_parameters
+
+import flexconv_zoo  # noqa: F401  (registers the models)
+from flexconv_zoo.layers import FlexConv1d, FlexConv2d
+
+FLEXNETS = ['flexnet8', 'flexnet12', 'flexnet16']
+FLEXTCNS = ['flextcn2', 'flextcn4', 'flextcn6']
+
+
+def test_all_paper_models_are_registered():
+    names = set(timm.list_models('flex*'))
+    assert set(FLEXNETS + FLEXTCNS) <= names
+
+
+@pytest.mark.parametrize('name,kwargs,expected', [
+    ('flexnet16', dict(num_classes=10), 671_650),
+    ('flexnet12', dict(num_classes=10), 454_046),
+    ('flextcn2', dict(in_chans=1, num_classes=10), 105_548),
+    ('flextcn4', dict(in_chans=1, num_classes=10), 239_436),
+    ('flextcn6', dict(in_chans=1, num_classes=10), 373_324),
+])
+def test_parameter_counts_match_the_paper(name, kwargs, expected):
+    model = timm.create_model(name, **kwargs)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_flexnet16_layout():
+    model = timm.create_model('flexnet16')
+    # FlexNet-L counts L = 2N + 2 layers: the stem FlexConv, 2 FlexConvs per block and the linear head
+    assert len(list(model.flexconv_layers())) == 1 + 2 * 7
+    assert [b.conv2.out_channels for b in model.blocks] == [24, 24, 36, 36, 36, 48, 48]
+    assert all(isinstance(m, FlexConv2d) for m in model.flexconv_layers())
+    assert model.kernel_sizes()[0] == (5, 5)
+
+
+@pytest.mark.parametrize('name', FLEXNETS)
+@pytest.mark.parametrize('size', [(32, 32), (24, 20)])
+def test_flexnet_forward_backward(name, size):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=7)
+    out = model(torch.randn(2, 3, *size))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+
+
+@pytest.mark.parametrize('name', FLEXTCNS)
+@pytest.mark.parametrize('shape', [(2, 1, 64), (2, 1, 1, 100)])
+def test_flextcn_forward_backward(name, shape):
+    torch.manual_seed(0)
+    model = timm.create_model(name, in_chans=1, num_classes=10, seq_len=128)
+    assert all(isinstance(m, FlexConv1d) and m.causal for m in model.flexconv_layers())
+    out = model(torch.randn(*shape))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_flextcn_sequence_and_image_row_layouts_agree():
+    model = timm.create_model('flextcn2', in_chans=3, num_classes=5, seq_len=50).eval()
+    x = torch.randn(2, 3, 50)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x.unsqueeze(2)))
+        assert model.forward_features(x).shape == (2, 30, 50)
+        assert model.forward_features(x.unsqueeze(2)).shape == (2, 30, 1, 50)
+
+
+def test_flextcn_is_causal_end_to_end():
+    torch.manual_seed(0)
+    model = timm.create_model('flextcn4', in_chans=2, seq_len=60).eval()
+    model.set_mask_width(0.5)  # kernels over the whole history
+    x = torch.randn(1, 2, 60)
+    x2 = x.clone()
+    x2[..., 31:] += 1.0
+    with torch.no_grad():
+        f, f2 = model.forward_features(x), model.forward_features(x2)
+    torch.testing.assert_close(f[..., :31], f2[..., :31])
+    assert not torch.allclose(f[..., 31:], f2[..., 31:])
+
+
+# ----------------------------------------------------------------------------- timm API
+def test_features_only_and_forward_intermediates_flexnet():
+    model = timm.create_model('flexnet8', features_only=True)
+    feats = model(torch.randn(2, 3, 20, 20))
+    assert [f.shape[1] for f in feats] == model.feature_info.channels() == [24, 36, 48]
+    assert all(f.shape[-2:] == (20, 20) for f in feats)
+
+    net = timm.create_model('flexnet16').eval()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        final, inter = net.forward_intermediates(x, indices=2)
+        assert len(inter) == 2 and inter[-1].shape == (1, 48, 16, 16)
+        torch.testing.assert_close(final, net.forward_features(x))
+        only = net.forward_intermediates(x, indices=[0, 3], intermediates_only=True, stop_early=True)
+        assert [t.shape[1] for t in only] == [24, 36]
+    net.prune_intermediate_layers([0, 3])
+    assert len(net.blocks) == 4 and net.num_classes == 0
+
+
+def test_features_only_flextcn_has_two_taps_per_block():
+    model = timm.create_model('flextcn2', features_only=True, seq_len=32)
+    feats = model(torch.randn(2, 1, 32))
+    assert len(feats) == 4 and all(f.shape == (2, 30, 1, 32) for f in feats)
+    net = timm.create_model('flextcn2', seq_len=32)
+    assert [t.shape for t in net.forward_intermediates(torch.randn(2, 1, 32), intermediates_only=True)] == \
+        [torch.Size([2, 30, 32])] * 4
+
+
+@pytest.mark.parametrize('name,x', [('flexnet8', torch.randn(2, 3, 12, 12)), ('flextcn2', torch.randn(2, 1, 40))])
+def test_head_reset_and_pooling(name, x):
+    model = timm.create_model(name).eval()
+    with torch.no_grad():
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        model.reset_classifier(5)
+        assert model(x).shape == (2, 5)
+        model.reset_classifier(0)
+        torch.testing.assert_close(model(x), pre)
+        model.reset_classifier(0, '')
+        assert model(x).dim() == x.dim()
+
+
+@pytest.mark.parametrize('name,x', [('flexnet8', torch.randn(2, 3, 12, 12)), ('flextcn2', torch.randn(2, 1, 40))])
+def test_grad_checkpointing_gives_identical_outputs_and_gradients(name, x):
+    grads = []
+    for enable in (False, True):
+        torch.manual_seed(0)
+        model = timm.create_model(name).eval()
+        model.set_grad_checkpointing(enable)
+        model(x).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for g0, g1 in zip(*grads):
+        torch.testing.assert_close(g0, g1)
+
+
+@pytest.mark.parametrize('name', ['flexnet16', 'flextcn6'])
+def test_group_matcher_and_no_weight_decay(name):
+    model = timm.create_model(name)
+    groups = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    assert len(set(groups.values())) > 1
+    nwd = model.no_weight_decay()
+    names = dict(model.named_parameters())
+    assert nwd and all(n in names for n in nwd)
+    assert len(nwd) == 2 * len(list(model.flexconv_layers()))  # mean and sigma of each mask
+
+
+def test_device_dtype_meta_and_bf16():
+    model = timm.create_model('flexnet8', device='meta', dtype=torch.float64)
+    assert all(p.device.type == 'meta' and p.dtype == torch.float64 for p in model.parameters())
+    out = model(torch.randn(2, 3, 32, 32, device='meta', dtype=torch.float64))
+    assert out.shape == (2, 10)
+
+    torch.manual_seed(0)
+    model = timm.create_model('flexnet8').eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            amp = model(x)
+        model.to(torch.bfloat16)
+        low = model(x.bfloat16())
+    assert low.dtype == torch.bfloat16
+    # bf16 keeps ~3 significant digits: logits agree to a few percent of their scale
+    scale = ref.abs().max()
+    assert (amp.float() - ref).abs().max() < 0.05 * scale
+    assert (low.float() - ref).abs().max() < 0.1 * scale
+
+
+def test_fx_feature_extraction_matches_eager():
+    torch.manual_seed(0)
+    fx = timm.create_model('flexnet8', features_only=True, feature_cls='fx').eval()
+    torch.manual_seed(0)
+    eager = timm.create_model('flexnet8', features_only=True).eval()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        for a, b in zip(fx(x), eager(x)):
+            torch.testing.assert_close(a, b)
+
+
+# ----------------------------------------------------------------------------- resolution & regulariser
+def test_set_input_size_resamples_kernels_and_data_config():
+    model = timm.create_model('flexnet8', img_size=16)
+    assert all(layer.kernel_size == (17, 17) for layer in model.flexconv_layers())
+    assert resolve_data_config(model=model)['input_size'] == (3, 32, 32)  # the cfg's own size before any change
+    model.set_input_size(img_size=32)
+    assert all(layer.kernel_size == (33, 33) and layer.source_grid == (17, 17) for layer in model.flexconv_layers())
+    assert resolve_data_config(model=model)['input_size'] == (3, 32, 32)
+    model.set_input_size(img_size=(24, 20))
+    assert resolve_data_config(model=model)['input_size'] == (3, 24, 20)
+    with pytest.raises(TypeError):
+        model.set_input_size(patch_size=4)
+
+
+def test_alias_free_penalty():
+    model = timm.create_model('flexnet8', img_size=16)
+    penalty = model.alias_free_penalty()
+    assert penalty.dim() == 0 and penalty.item() >= 0
+    # higher frequencies than a 17-point grid can hold are penalised, and the penalty has gradients
+    with torch.no_grad():
+        for layer in model.flexconv_layers():
+            layer.kernel_net.filters[0].linear.weight.mul_(10)
+    big = model.alias_free_penalty()
+    assert big.item() > penalty.item()
+    big.backward()
+    assert model.stem.conv.kernel_net.filters[0].linear.weight.grad.abs().sum() > 0
+    # the same kernels on a denser (33-point) training grid alias less
+    dense = timm.create_model('flexnet8', img_size=32)
+    dense.load_state_dict(model.state_dict())
+    assert dense.alias_free_penalty().item() < big.item()
+    with pytest.raises(ValueError, match='multiplicative filter'):
+        timm.create_model('flexnet8', kernel_net='siren').alias_free_penalty()
+
+
+def test_set_mask_width_controls_kernel_sizes():
+    model = timm.create_model('flexnet8')
+    model.set_mask_width(0.5)
+    assert set(model.kernel_sizes()) == {(33, 33)}
+    model.set_mask_width(0.075)
+    assert set(model.kernel_sizes()) == {(5, 5)}
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_models_reject_wrong_inputs_with_clear_errors():
+    net = timm.create_model('flexnet8')
+    with pytest.raises(ValueError, match='expects images.*FlexTCN'):
+        net(torch.randn(2, 3, 32))
+    with pytest.raises(ValueError, match='expects 3 input channels, got 1'):
+        net(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match='at least 2 samples'):
+        net(torch.randn(2, 3, 1, 1))
+    tcn = timm.create_model('flextcn2', seq_len=32)
+    with pytest.raises(ValueError, match='expects sequences.*FlexNet'):
+        tcn(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match='expects 1 input channels, got 3'):
+        tcn(torch.randn(2, 3, 32))
+    with pytest.raises(ValueError, match='at least 2 samples'):
+        tcn(torch.randn(2, 1, 1))
+
+
+def test_unknown_arguments_and_models_raise():
+    with pytest.raises(TypeError):
+        timm.create_model('flexnet16', not_a_model_arg=1)
+    with pytest.raises(RuntimeError, match='Unknown model'):
+        timm.create_model('flexnet17')
+    with pytest.raises(ValueError, match='global_pool'):
+        timm.create_model('flextcn2', global_pool='max')
