@@ -1,0 +1,505 @@
+"""Training and fine-tuning of FlexConv models with Accelerate (the logic behind ``scripts/train.py``).
+
+One code path for CPU, one or many GPUs and bf16/fp16: ``python scripts/train.py ...``,
+``accelerate launch scripts/train.py ...`` or ``torchrun --nproc_per_node N scripts/train.py ...``.
+
+Defaults are the paper's recipe (GUIDE §2): Adam, lr 0.01 (mask parameters x0.1, no weight decay), batch 64,
+5 warm-up epochs then a per-step cosine to 1e-6, random crop (pad 4) + flip. ``--batch-size`` is per process.
+
+Run folder ``<output>/<name>/``: ``args.json``, ``run_info.json``, ``checkpoints/step_XXXXXXXX/`` (Accelerate
+``save_state``: model, optimizer, scheduler, EMA, RNG, data position; written to a temporary folder and renamed),
+``metrics.csv`` / ``metrics.json`` per epoch, and at the end the weights in timm's Hub layout
+(``model.safetensors`` + ``config.json``; ``best/`` = best validation epoch, ``ema/`` with ``--ema``).
+``--resume <run folder>`` continues a killed run exactly where its newest checkpoint left it.
+"""
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .evaluation import UserError, atomic_write_text, evaluate, load_weights, min_input_size, parse_model_kwargs
+
+__all__ = ['build_train_parser', 'train_main', 'latest_checkpoint', 'param_groups', 'EpochSampler', 'TrainState']
+
+# Options a resumed run may change; everything else comes from the run's args.json.
+RESUME_OVERRIDES = ('stop_after_steps', 'workers', 'progress', 'checkpoint_every', 'keep_checkpoints',
+                    'mixed_precision', 'cpu')
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def build_train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train or fine-tune a FlexConv model with Accelerate.")
+    g = p.add_argument_group('model')
+    g.add_argument('--model', default='flexnet16', help="timm model name (default: flexnet16)")
+    g.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
+                   help="extra model arguments, e.g. widths=16,16 kernel_hidden=16")
+    g.add_argument('--pretrained', action='store_true', help="start from the model's published weights")
+    g.add_argument('--initial-checkpoint', help="start from a run folder, Hub-layout folder or weights file")
+    g.add_argument('--source-img-size', type=int,
+                   help="resolution a bare --initial-checkpoint file was trained at (default: --img-size)")
+    g.add_argument('--img-size', type=int, help="training resolution (default: the data's native size)")
+    g = p.add_argument_group('data')
+    g.add_argument('--data', default='cifar10', help="cifar10, fashion_mnist, mnist1d, speech_commands[_raw], "
+                   "character_trajectories or an ImageFolder path")
+    g.add_argument('--data-dir', help="folder with the data files (default: $FLEXCONV_ZOO_DATA, ../shared/data)")
+    g.add_argument('--val-size', type=int, default=5000, help="training images held out for model selection")
+    g.add_argument('--train-subset', type=int, help="train on a seeded subset of this many examples")
+    g.add_argument('--eval-subset', type=int, help="validate/test on seeded subsets of this many examples")
+    g.add_argument('--no-augment', action='store_true', help="no random crop / flip")
+    g.add_argument('--workers', type=int, default=0, help="data loader workers per process")
+    g = p.add_argument_group('optimisation (defaults: the paper recipe)')
+    g.add_argument('--epochs', type=int, default=350)
+    g.add_argument('--batch-size', type=int, default=64, help="per process")
+    g.add_argument('--opt', default='adam', help="timm optimizer name")
+    g.add_argument('--lr', type=float, default=0.01)
+    g.add_argument('--mask-lr-scale', type=float, default=0.1, help="learning-rate factor of the mask parameters")
+    g.add_argument('--weight-decay', type=float, default=0.0, help="(never on masks, norms and biases)")
+    g.add_argument('--sched', default='cosine', help="timm scheduler name")
+    g.add_argument('--warmup-epochs', type=float, default=5.0, help="linear warm-up (capped at a tenth of the run)")
+    g.add_argument('--warmup-lr', type=float, default=1e-5)
+    g.add_argument('--min-lr', type=float, default=1e-6)
+    g.add_argument('--smoothing', type=float, default=0.0, help="label smoothing")
+    g.add_argument('--alias-free', type=float, nargs='?', const=0.1, default=0.0, metavar='WEIGHT',
+                   help="add the alias-free regulariser (weight 0.1 when given without a value)")
+    g.add_argument('--clip-grad', type=float, help="clip the gradient norm")
+    g.add_argument('--grad-accum', type=int, default=1, help="gradient accumulation steps")
+    g.add_argument('--ema', action='store_true', help="keep an EMA of the weights (timm ModelEmaV3)")
+    g.add_argument('--ema-decay', type=float, default=0.999)
+    g.add_argument('--mixed-precision', default='no', choices=('no', 'bf16', 'fp16'))
+    g.add_argument('--cpu', action='store_true', help="train on the CPU even when a GPU is present")
+    g.add_argument('--seed', type=int, default=0)
+    g = p.add_argument_group('run folder')
+    g.add_argument('--output', default='runs', help="parent folder of run folders")
+    g.add_argument('--name', help="run folder name (default: <model>-<data>-<size>px-<time>)")
+    g.add_argument('--resume', help="continue the run in this folder from its newest checkpoint")
+    g.add_argument('--checkpoint-every', type=int, default=500, help="optimizer steps between checkpoints (0: epochs only)")
+    g.add_argument('--keep-checkpoints', type=int, default=2)
+    g.add_argument('--stop-after-steps', type=int,
+                   help="checkpoint and stop after this many optimizer steps (a resumable pause; simulates a kill)")
+    g.add_argument('--no-progress', dest='progress', action='store_false', help="no progress bar")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------ state
+@dataclass
+class TrainState:
+    """Loop position and running metrics, saved with every checkpoint."""
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of the current epoch already consumed
+    global_step: int = 0  # optimizer updates
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: int = 0
+    epoch_seconds: float = 0.0
+    best_top1: float = -1.0
+    best_epoch: int = -1
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def start_epoch(self) -> None:
+        self.batch_in_epoch, self.loss_sum, self.correct, self.seen, self.epoch_seconds = 0, 0.0, 0.0, 0, 0.0
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A random permutation that depends only on ``(seed, epoch)``: identical on every process and after a resume."""
+
+    def __init__(self, num_samples: int, seed: int = 0):
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+
+
+# ------------------------------------------------------------------------------------------------ run folder
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest complete checkpoint folder of a run (incomplete ones are temporary names, never matched)."""
+    folders = sorted((Path(run_dir) / 'checkpoints').glob('step_*[0-9]'))
+    return folders[-1] if folders else None
+
+
+def _save_checkpoint(accelerator, run_dir: Path, state: TrainState, keep: int) -> Path:
+    """``save_state`` into a temporary folder, then rename it: a checkpoint folder is complete or absent."""
+    root = run_dir / 'checkpoints'
+    final = root / f'step_{state.global_step:08d}_e{state.epoch:04d}b{state.batch_in_epoch:06d}'
+    tmp = root / f'.tmp_{final.name}'
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in sorted(root.glob('step_*[0-9]'))[:-max(keep, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _write_metrics(run_dir: Path, history: List[Dict[str, Any]]) -> None:
+    if not history:
+        return
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(run_dir / 'metrics.csv', buf.getvalue())
+    atomic_write_text(run_dir / 'metrics.json', json.dumps(history, indent=2))
+
+
+def _export(model: nn.Module, folder: Path, class_names: Sequence[str], extra: Dict[str, Any]) -> None:
+    """Weights + config in timm's Hub layout, written to a temporary folder and moved into place."""
+    from timm.models import save_for_hf
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f'.export_{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)
+    model_config = dict(label_names=list(class_names)) if class_names else {}
+    save_for_hf(model, str(tmp), model_config=model_config, model_args=_source_args(model), safe_serialization=True)
+    cfg = json.loads((tmp / 'config.json').read_text())
+    cfg.update(extra)
+    atomic_write_text(tmp / 'config.json', json.dumps(cfg, indent=2))
+    for name in ('model.safetensors', 'config.json'):
+        os.replace(tmp / name, folder / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _source_args(model: nn.Module) -> Dict[str, Any]:
+    """FlexConv metadata for ``config.json``'s ``model_args``: the resolution the kernels are defined on."""
+    if hasattr(model, 'seq_len'):
+        return dict(seq_len=int(model.seq_len))
+    return dict(img_size=list(model.img_size))
+
+
+# ------------------------------------------------------------------------------------------------ setup
+def _resolve_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    if not args.resume:
+        return args
+    run_dir = Path(args.resume)
+    if not (run_dir / 'args.json').is_file() or latest_checkpoint(run_dir) is None:
+        raise UserError(f"{run_dir} is not a run folder to resume (it needs args.json and checkpoints/step_*).")
+    saved = json.loads((run_dir / 'args.json').read_text())
+    given = {k: v for k, v in vars(args).items() if k in RESUME_OVERRIDES and v != parser.get_default(k)}
+    merged = argparse.Namespace(**dict(saved, **given))
+    merged.resume = str(run_dir)
+    return merged
+
+
+def _default_name(args: argparse.Namespace, size: Any) -> str:
+    data = Path(args.data).name if os.sep in args.data else args.data
+    return f"{args.model}-{data}-{size}px-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _run_dir(args: argparse.Namespace, accelerator, size: Any) -> Path:
+    from accelerate.utils import broadcast_object_list
+    if args.resume:
+        return Path(args.resume)
+    name = [args.name or _default_name(args, size)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(name)
+    run_dir = Path(args.output) / name[0]
+    if (run_dir / 'args.json').exists():
+        raise UserError(f"Run folder {run_dir} already exists: continue it with --resume {run_dir} or pick --name.")
+    return run_dir
+
+
+def _build_model(args: argparse.Namespace, splits) -> tuple:
+    """Create the model (optionally with weights) and set it to the training size. Returns
+    ``(model, creation kwargs, set_input_size kwargs)`` (the latter two rebuild it from a checkpoint)."""
+    import timm
+    from .evaluation import _check_model_name, _create, _hub_model, _weights_file
+    _check_model_name(args.model)
+    kwargs = dict(num_classes=splits.num_classes, in_chans=splits.in_chans, **parse_model_kwargs(args.model_kwargs))
+    sequence = splits.kind == 'sequence'
+    if sequence:
+        kwargs['seq_len'] = int(splits.native_size[0])
+        input_kwargs = dict(seq_len=kwargs['seq_len'])
+    else:
+        size = args.img_size or (splits.native_size[0] if splits.native_size else None)
+        size = size or timm.models.get_pretrained_cfg(args.model).input_size[-1]
+        if size < 2:
+            raise UserError(f"--img-size {size} is smaller than the 2 px {args.model} accepts.")
+        input_kwargs = dict(img_size=int(size))
+    init = Path(args.initial_checkpoint) if args.initial_checkpoint else None
+    if init is not None and init.is_dir() and (init / 'config.json').is_file():
+        cfg = json.loads((init / 'config.json').read_text())
+        for key in ('img_size', 'seq_len'):
+            if key in cfg.get('model_args', {}):
+                kwargs[key] = cfg['model_args'][key]
+        kwargs.update({k: v for k, v in cfg.get('model_args', {}).items() if k not in ('num_classes', 'in_chans')})
+        init = _weights_file(init)
+    elif init is not None and init.is_dir():
+        from .evaluation import _from_run_folder
+        raise UserError(f"{init} has no config.json/model.safetensors export; pass a checkpoint file instead.") \
+            if not (init / 'args.json').is_file() else None
+    elif not sequence:
+        kwargs['img_size'] = args.source_img_size or input_kwargs['img_size']
+    if args.pretrained:
+        model = _hub_model(args.model, kwargs)
+        if model.num_classes != splits.num_classes:
+            model.reset_classifier(splits.num_classes)
+    else:
+        model = _create(args.model, **kwargs)
+    if init is not None:
+        load_weights(model, init, strict_head=False)
+    if not sequence and input_kwargs['img_size'] < min_input_size(model):
+        raise UserError(f"--img-size {input_kwargs['img_size']} is smaller than the {min_input_size(model)} px "
+                        f"{args.model} accepts.")
+    model.set_input_size(**input_kwargs)  # kernels and data config agree on the training size
+    if not (args.pretrained or args.initial_checkpoint) and splits.mean is not None:
+        model.pretrained_cfg = dict(model.pretrained_cfg, mean=tuple(splits.mean), std=tuple(splits.std))
+    return model, kwargs, input_kwargs
+
+
+def param_groups(model: nn.Module, weight_decay: float, mask_lr_scale: float) -> List[Dict[str, Any]]:
+    """Three groups: weights (``weight_decay``), norms/biases (no decay), masks (``lr x mask_lr_scale``, no decay).
+
+    timm's schedulers honour ``lr_scale`` in every step.
+    """
+    masks = set(model.mask_parameter_names()) if hasattr(model, 'mask_parameter_names') else set()
+    decay, no_decay, mask = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name in masks:
+            mask.append(param)
+        elif param.ndim <= 1 or name.endswith('.bias'):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0),
+              dict(params=mask, weight_decay=0.0, lr_scale=mask_lr_scale)]
+    return [g for g in groups if g['params']]
+
+
+def _transforms(model: nn.Module, splits, augment: bool):
+    from timm.data import resolve_data_config
+    from .data import create_train_transform, create_eval_transform
+    if splits.kind == 'sequence':
+        return None, None
+    cfg = resolve_data_config(model=model)
+    train = create_train_transform(cfg, base_size=splits.native_size, padding=4 if augment else 0,
+                                   hflip=0.5 if augment else 0.0)
+    return train, create_eval_transform(cfg, model=model)
+
+
+def _loader(dataset, batch_size: int, workers: int, sampler=None, seed: int = 0):
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=False,
+        generator=torch.Generator().manual_seed(seed), persistent_workers=False)
+
+
+# ------------------------------------------------------------------------------------------------ training
+def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """``scripts/train.py``: build everything, train, export. Returns the run summary."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+    from .data import create_datasets
+
+    args = _resolve_args(argv)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
+                              cpu=args.cpu, rng_types=[])
+    set_seed(args.seed)
+    splits = create_datasets(args.data, args.data_dir, val_size=args.val_size, seed=args.seed,
+                             train_subset=args.train_subset, eval_subset=args.eval_subset)
+    model, model_kwargs, input_kwargs = _build_model(args, splits)
+    run_dir = _run_dir(args, accelerator, input_kwargs.get('img_size', input_kwargs.get('seq_len')))
+    train_tf, eval_tf = _transforms(model, splits, augment=not args.no_augment)
+    splits.set_transforms(train_tf, eval_tf)
+
+    sampler = EpochSampler(len(splits.train), args.seed)
+    train_loader = _loader(splits.train, args.batch_size, args.workers, sampler, args.seed)
+    val_loader = _loader(splits.val, args.batch_size * 2, args.workers)
+    test_loader = _loader(splits.test, args.batch_size * 2, args.workers)
+
+    optimizer = create_optimizer_v2(param_groups(model, args.weight_decay, args.mask_lr_scale), opt=args.opt,
+                                    lr=args.lr, weight_decay=args.weight_decay)
+    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, test_loader)
+    updates_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=min(args.warmup_epochs, args.epochs / 10),
+        warmup_lr=args.warmup_lr, min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    unwrapped = accelerator.unwrap_model(model)
+    ema = ModelEmaV3(unwrapped, decay=args.ema_decay) if args.ema else None
+    state = TrainState()
+    for obj in (scheduler, state) + ((ema,) if ema is not None else ()):
+        accelerator.register_for_checkpointing(obj)
+
+    if args.resume:
+        ckpt = latest_checkpoint(run_dir)
+        try:
+            accelerator.load_state(str(ckpt))
+        except Exception as e:
+            raise UserError(f"Cannot restore checkpoint {ckpt}: {type(e).__name__}: {e}") from None
+        accelerator.print(f"resumed {run_dir} at epoch {state.epoch}, step {state.global_step}")
+    elif accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / 'args.json', json.dumps(vars(args), indent=2))
+        atomic_write_text(run_dir / 'run_info.json', json.dumps(dict(
+            model_kwargs=model_kwargs, input_size_kwargs=input_kwargs, num_processes=accelerator.num_processes,
+            global_batch_size=args.batch_size * accelerator.num_processes * args.grad_accum,
+            dataset=dict(name=splits.name, source=splits.source, train=len(splits.train), val=len(splits.val),
+                         test=len(splits.test))), indent=2))
+    accelerator.wait_for_everyone()
+
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.smoothing)
+    loop = _Loop(args, accelerator, model, unwrapped, optimizer, scheduler, ema, criterion, state, run_dir, splits)
+    stopped = loop.run(train_loader, sampler, val_loader, updates_per_epoch)
+    if stopped:
+        accelerator.print(f"stopped after step {state.global_step}; continue with --resume {run_dir}")
+        return dict(run_dir=str(run_dir), stopped=True, global_step=state.global_step)
+    return loop.finish(test_loader)
+
+
+class _Loop:
+    """The training loop; a class only to share its many collaborators between small methods."""
+
+    def __init__(self, args, accelerator, model, unwrapped, optimizer, scheduler, ema, criterion, state, run_dir,
+                 splits):
+        self.args, self.acc, self.model, self.unwrapped = args, accelerator, model, unwrapped
+        self.optimizer, self.scheduler, self.ema, self.criterion = optimizer, scheduler, ema, criterion
+        self.state, self.run_dir, self.splits = state, run_dir, splits
+
+    def checkpoint(self) -> None:
+        _save_checkpoint(self.acc, self.run_dir, self.state, self.args.keep_checkpoints)
+
+    def run(self, train_loader, sampler, val_loader, updates_per_epoch: int) -> bool:
+        """Train to the last epoch; True when stopped early by ``--stop-after-steps``."""
+        args, state = self.args, self.state
+        while state.epoch < args.epochs:
+            sampler.set_epoch(state.epoch)
+            self.splits.train.set_epoch(state.epoch)
+            loader = train_loader
+            if state.batch_in_epoch:
+                loader = self.acc.skip_first_batches(train_loader, state.batch_in_epoch)
+            if self.train_epoch(loader, len(train_loader)):
+                return True
+            self.end_epoch(val_loader)
+        return False
+
+    def train_epoch(self, loader, num_batches: int) -> bool:
+        from tqdm.auto import tqdm
+        args, state, acc = self.args, self.state, self.acc
+        self.model.train()
+        bar = tqdm(total=num_batches, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{args.epochs}",
+                   disable=not (args.progress and acc.is_local_main_process), dynamic_ncols=True, leave=False)
+        tic = time.perf_counter()
+        for x, y in loader:
+            with acc.accumulate(self.model):
+                logits = self.model(x)
+                loss = self.criterion(logits, y)
+                if args.alias_free:
+                    loss = loss + self.unwrapped.alias_free_penalty(weight=args.alias_free)
+                acc.backward(loss)
+                if args.clip_grad and acc.sync_gradients:
+                    acc.clip_grad_norm_(self.model.parameters(), args.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            state.batch_in_epoch += 1
+            state.loss_sum += loss.detach().float().item() * y.numel()
+            state.correct += (logits.detach().argmax(1) == y).sum().item()
+            state.seen += y.numel()
+            if acc.sync_gradients:
+                state.global_step += 1
+                self.scheduler.step_update(num_updates=state.global_step)
+                if self.ema is not None:
+                    self.ema.update(self.unwrapped, step=state.global_step)
+            now = time.perf_counter()
+            state.epoch_seconds += now - tic
+            tic = now
+            bar.update(1)
+            bar.set_postfix(loss=f"{state.loss_sum / state.seen:.3f}", acc=f"{100 * state.correct / state.seen:.1f}",
+                            img_s=f"{state.seen * acc.num_processes / max(state.epoch_seconds, 1e-9):.0f}",
+                            lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if acc.sync_gradients and args.checkpoint_every and state.global_step % args.checkpoint_every == 0 \
+                    and state.batch_in_epoch < num_batches:
+                self.checkpoint()
+            if args.stop_after_steps and acc.sync_gradients and state.global_step >= args.stop_after_steps:
+                bar.close()
+                self.checkpoint()
+                return True
+        bar.close()
+        return False
+
+    def _reduce(self, value: float) -> float:
+        t = torch.tensor(float(value), device=self.acc.device, dtype=torch.float64)
+        return self.acc.reduce(t, reduction='sum').item()
+
+    def end_epoch(self, val_loader) -> None:
+        args, state, acc = self.args, self.state, self.acc
+        seen = self._reduce(state.seen)
+        row = dict(epoch=state.epoch + 1, step=state.global_step, lr=self.optimizer.param_groups[0]['lr'],
+                   train_loss=self._reduce(state.loss_sum) / seen, train_top1=100 * self._reduce(state.correct) / seen,
+                   epoch_seconds=state.epoch_seconds, train_images_per_s=seen / max(state.epoch_seconds, 1e-9))
+        val = evaluate(self.model, val_loader, accelerator=acc)
+        row.update(val_loss=val['loss'], val_top1=val['top1'], val_top5=val['top5'])
+        if self.ema is not None:
+            ema_val = evaluate(self.ema.module, val_loader, accelerator=acc)
+            row.update(ema_val_top1=ema_val['top1'], ema_val_loss=ema_val['loss'])
+        state.history.append(row)
+        acc.print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f} | val loss "
+                  f"{row['val_loss']:.4f} top1 {row['val_top1']:.2f} | {row['epoch_seconds']:.1f} s, "
+                  f"{row['train_images_per_s']:.0f} img/s")
+        if val['top1'] > state.best_top1:
+            state.best_top1, state.best_epoch = val['top1'], row['epoch']
+            if acc.is_main_process:
+                _export(self.unwrapped, self.run_dir / 'best', self.splits.class_names,
+                        dict(flexconv_zoo=dict(epoch=row['epoch'], val_top1=val['top1'], selected_on='val')))
+        state.epoch += 1
+        state.start_epoch()
+        if acc.is_main_process:
+            _write_metrics(self.run_dir, state.history)
+        self.checkpoint()
+
+    def finish(self, test_loader) -> Dict[str, Any]:
+        """Report the test split (final, EMA) and export the final weights in the Hub layout."""
+        acc, state = self.acc, self.state
+        test = evaluate(self.model, test_loader, accelerator=acc)
+        summary = dict(run_dir=str(self.run_dir), stopped=False, global_step=state.global_step,
+                       epochs=self.args.epochs, best_epoch=state.best_epoch, best_val_top1=state.best_top1,
+                       test=test, final=state.history[-1] if state.history else None)
+        if self.ema is not None:
+            summary['ema_test'] = evaluate(self.ema.module, test_loader, accelerator=acc)
+        if acc.is_main_process:
+            meta = dict(flexconv_zoo=dict(epochs=self.args.epochs, test_top1=test['top1'],
+                                          data=self.splits.name, note="test split reported, never used for selection"))
+            _export(self.unwrapped, self.run_dir, self.splits.class_names, meta)
+            if self.ema is not None:
+                _export(self.ema.module, self.run_dir / 'ema', self.splits.class_names, meta)
+            atomic_write_text(self.run_dir / 'summary.json', json.dumps(summary, indent=2))
+        acc.print(f"test top1 {test['top1']:.2f} top5 {test['top5']:.2f} ({test['count']} images); "
+                  f"weights in {self.run_dir}")
+        acc.wait_for_everyone()
+        acc.end_training()
+        return summary
