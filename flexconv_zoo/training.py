@@ -78,6 +78,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--mixed-precision', default='no', choices=('no', 'bf16', 'fp16'))
     g.add_argument('--cpu', action='store_true', help="train on the CPU even when a GPU is present")
     g.add_argument('--seed', type=int, default=0)
+    g.add_argument('--autotune', action='store_true',
+                   help="pick FFT/direct convolutions by timing (faster, but runs and resumes are no longer bitwise "
+                        "reproducible); default: the fixed, deterministic table")
     g = p.add_argument_group('run folder')
     g.add_argument('--output', default='runs', help="parent folder of run folders")
     g.add_argument('--name', help="run folder name (default: <model>-<data>-<size>px-<time>)")
@@ -209,6 +212,7 @@ def _resolve_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     given = {k: v for k, v in vars(args).items() if k in RESUME_OVERRIDES and v != parser.get_default(k)}
     merged = argparse.Namespace(**dict(saved, **given))
     merged.resume = str(run_dir)
+    merged.stop_after_steps = args.stop_after_steps  # a pause of the earlier session does not carry over
     return merged
 
 
@@ -310,6 +314,13 @@ def _transforms(model: nn.Module, splits, augment: bool):
     return train, create_eval_transform(cfg, model=model)
 
 
+def _set_autotune(enabled: bool) -> None:
+    """Timing-based conv choices differ between runs; Adam turns such float noise into visible weight changes."""
+    from .layers import fftconv
+    if hasattr(fftconv, 'set_autotune'):
+        fftconv.set_autotune(enabled)
+
+
 def _loader(dataset, batch_size: int, workers: int, sampler=None, seed: int = 0):
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=False,
@@ -327,6 +338,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     from .data import create_datasets
 
     args = _resolve_args(argv)
+    _set_autotune(getattr(args, 'autotune', False))
     accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
                               cpu=args.cpu, rng_types=[])
     set_seed(args.seed)
@@ -403,6 +415,8 @@ class _Loop:
             loader = train_loader
             if state.batch_in_epoch:
                 loader = self.acc.skip_first_batches(train_loader, state.batch_in_epoch)
+            if hasattr(loader, 'set_epoch'):  # Accelerate's loaders re-set the sampler's epoch when iterated
+                loader.set_epoch(state.epoch)
             if self.train_epoch(loader, len(train_loader)):
                 return True
             self.end_epoch(val_loader)
@@ -445,6 +459,7 @@ class _Loop:
             if acc.sync_gradients and args.checkpoint_every and state.global_step % args.checkpoint_every == 0 \
                     and state.batch_in_epoch < num_batches:
                 self.checkpoint()
+                tic = time.perf_counter()  # checkpoint time is not training time
             if args.stop_after_steps and acc.sync_gradients and state.global_step >= args.stop_after_steps:
                 bar.close()
                 self.checkpoint()
