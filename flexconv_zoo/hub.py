@@ -336,7 +336,10 @@ def create_model_for_tag(name: str, pretrained: bool = False, **kwargs: Any) -> 
     """
     import timm
     from timm.models import get_pretrained_cfg
-    cfg = get_pretrained_cfg(name)
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError:  # timm: 'Invalid pretrained tag'
+        cfg = None
     if cfg is None:
         raise ValueError(f"Unknown pretrained tag {name!r}; known: {pretrained_tags()}.")
     size = cfg.input_size

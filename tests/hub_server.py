@@ -177,7 +177,7 @@ def scenario_tags(spec: Dict[str, Any]) -> Dict[str, Any]:
 
         def adapt() -> Dict[str, Any]:
             import safetensors.torch
-            m = timm.create_model(tag, pretrained=True, num_classes=100, in_chans=1)
+            m = timm.create_model(tag, pretrained=True, num_classes=100, in_chans=1).eval()
             src = safetensors.torch.load_file(weights)
             key = 'stem.conv.kernel_net.output.weight'
             out_chs = m.stem.conv.out_channels
