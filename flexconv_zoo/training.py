@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from .evaluation import UserError, atomic_write_text, evaluate, load_weights, min_input_size, parse_model_kwargs
 
-__all__ = ['build_train_parser', 'train_main', 'latest_checkpoint', 'param_groups', 'EpochSampler', 'TrainState']
+__all__ = ['build_train_parser', 'train_main', 'latest_checkpoint', 'param_groups', 'rebase_input_size', 'EpochSampler', 'TrainState']
 
 # Options a resumed run may change; everything else comes from the run's args.json.
 RESUME_OVERRIDES = ('stop_after_steps', 'workers', 'progress', 'checkpoint_every', 'keep_checkpoints',
@@ -276,10 +276,34 @@ def _build_model(args: argparse.Namespace, splits) -> tuple:
     if not sequence and input_kwargs['img_size'] < min_input_size(model):
         raise UserError(f"--img-size {input_kwargs['img_size']} is smaller than the {min_input_size(model)} px "
                         f"{args.model} accepts.")
-    model.set_input_size(**input_kwargs)  # kernels and data config agree on the training size
+    rebase_input_size(model, **input_kwargs)  # kernels and data config agree on the training size
+    kwargs.update(input_kwargs)  # the weights are now defined at the training size
     if not (args.pretrained or args.initial_checkpoint) and splits.mean is not None:
         model.pretrained_cfg = dict(model.pretrained_cfg, mean=tuple(splits.mean), std=tuple(splits.std))
     return model, kwargs, input_kwargs
+
+
+@torch.no_grad()
+def rebase_input_size(model: nn.Module, **size: Any) -> None:
+    """Move a FlexConv model to a new training size without changing its function.
+
+    ``model.set_input_size(**size)`` resamples every continuous kernel on the new grid and scales it by
+    ``(src / tgt)^D`` (the paper's protocol); that factor is then folded into each kernel net's output layer and
+    the new size becomes the model's source size. Fine-tuning then trains, regularises (alias-free Nyquist) and
+    exports the weights at the new size. No-op when the size does not change.
+    """
+    from .layers.resolution import sampling_rate_scale
+    model.set_input_size(**size)
+    for layer in getattr(model, 'flexconv_layers', lambda: ())():
+        scale = sampling_rate_scale(layer.source_grid, layer.grid)
+        if scale == 1.0:
+            continue
+        output = layer.kernel_net.output
+        output.weight.mul_(scale)
+        if output.bias is not None:
+            output.bias.mul_(scale)
+    if hasattr(model, 'set_source_size'):
+        model.set_source_size(next(iter(size.values())))
 
 
 def param_groups(model: nn.Module, weight_decay: float, mask_lr_scale: float) -> List[Dict[str, Any]]:
@@ -497,6 +521,15 @@ class _Loop:
             _write_metrics(self.run_dir, state.history)
         self.checkpoint()
 
+    def weight_digests(self) -> List[str]:
+        """SHA-256 of every process's parameters (all equal when data-parallel training stayed in sync)."""
+        import hashlib
+        from accelerate.utils import gather_object
+        h = hashlib.sha256()
+        for _, p in sorted(self.unwrapped.named_parameters()):
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        return gather_object([h.hexdigest()])
+
     def finish(self, test_loader) -> Dict[str, Any]:
         """Report the test split (final, EMA) and export the final weights in the Hub layout."""
         acc, state = self.acc, self.state
@@ -504,6 +537,7 @@ class _Loop:
         summary = dict(run_dir=str(self.run_dir), stopped=False, global_step=state.global_step,
                        epochs=self.args.epochs, best_epoch=state.best_epoch, best_val_top1=state.best_top1,
                        test=test, final=state.history[-1] if state.history else None)
+        summary['rank_weight_digests'] = self.weight_digests()
         if self.ema is not None:
             summary['ema_test'] = evaluate(self.ema.module, test_loader, accelerator=acc)
         if acc.is_main_process:
