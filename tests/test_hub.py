@@ -343,13 +343,38 @@ def test_hub_configs_ship_as_package_data():
 HUB_CONFIGS = sorted(p for p in (REPO / 'hub_configs').glob('*') if p.is_dir())
 
 
+def _find_rows(obj, size):
+    """Rows ``{'img_size': size, 'top1': ...}`` anywhere in validate.py's JSON output."""
+    if isinstance(obj, dict):
+        if obj.get('img_size') == size and 'top1' in obj:
+            return [obj]
+        return [r for v in obj.values() for r in _find_rows(v, size)]
+    if isinstance(obj, list):
+        return [r for v in obj for r in _find_rows(v, size)]
+    return []
+
+
 @pytest.mark.parametrize('folder', HUB_CONFIGS, ids=[p.name for p in HUB_CONFIGS])
-def test_published_hub_configs_folder(folder):
-    """Every shipped folder is complete, loads, reproduces its logits, and its tag (if any) points at it."""
+def test_published_hub_configs_folder(folder, tmp_path):
+    """Every shipped folder is complete, loads, reproduces its logits, and its CI-sample results match validate.py.
+
+    CI-sample rows are the card results with at most 512 samples: ``scripts/validate.py --subset N`` (seeded)
+    must give the same top-1 (within one sample) at the same resolution.
+    """
     report = validate_hub_folder(folder)
     assert report['results'], 'the card has no measured results'
+    assert folder.name in pretrained_tags(), f'add a default_cfgs entry with hf_hub_id for {folder.name}'
     cfg = timm.models.get_pretrained_cfg(folder.name)
-    if cfg is not None:
-        assert cfg.hf_hub_id and cfg.hf_hub_id.endswith('/' + folder.name)
-    # NOTE: the card's CI-sample rows (split 'test[:N]') are to be re-measured with scripts/validate.py once it
-    # exposes a programmatic entry point; see the report of the hub work.
+    assert cfg.hf_hub_id.endswith('/' + folder.name)
+    samples = [r for r in read_card_results(folder) if 0 < r.num_samples <= 512]
+    assert samples, 'the card has no CI-sample row (a result on <= 512 test samples) to re-measure'
+    for row in samples:
+        out = tmp_path / f'validate_{row.input_size}'
+        cmd = [sys.executable, str(REPO / 'scripts' / 'validate.py'), '--checkpoint', str(folder),
+               '--data', row.dataset, '--split', row.split.split('[')[0], '--subset', str(row.num_samples),
+               '--img-size', str(row.input_size), '--device', 'cpu', '--output', str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        measured = [r for f in out.glob('*.json') for r in _find_rows(json.loads(f.read_text()), row.input_size)]
+        assert measured, f'validate.py wrote no result for size {row.input_size}'
+        assert abs(float(measured[0]['top1']) - row.top1) <= 100.0 / row.num_samples + 1e-6, (row, measured[0])
