@@ -304,6 +304,12 @@ def rebase_input_size(model: nn.Module, **size: Any) -> None:
             output.bias.mul_(scale)
     if hasattr(model, 'set_source_size'):
         model.set_source_size(next(iter(size.values())))
+    if 'img_size' in size:
+        try:  # timm >= 1.0.31 records supported resizes for export (save_for_hf's model_args)
+            from timm.models._input import update_model_input_size
+        except ImportError:
+            return
+        update_model_input_size(model, img_size=size['img_size'])
 
 
 def param_groups(model: nn.Module, weight_decay: float, mask_lr_scale: float) -> List[Dict[str, Any]]:

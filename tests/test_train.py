@@ -1,0 +1,168 @@
+"""scripts/train.py: Accelerate training, 2-process CPU, exact resume, export, fine-tuning, bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import flexconv_zoo  # noqa: F401
+from flexconv_zoo.evaluation import run_cli
+from flexconv_zoo.training import param_groups, rebase_input_size, train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / 'scripts' / 'train.py')
+TINY = ['--model', 'flexnet8', '--model-kwargs', 'widths=8,8', 'kernel_hidden=8', '--img-size', '16',
+        '--batch-size', '8', '--val-size', '12', '--no-progress']
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory) -> Path:
+    """3 classes of 20x20 images (not the 16 px training size): 24 train + 8 test images per class."""
+    root = tmp_path_factory.mktemp('tiny')
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 24), ('test', 8)):
+        for c in range(3):
+            folder = root / split / f'class{c}'
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (20, 20, 3), dtype=np.uint8)
+                img[..., c] += 150
+                Image.fromarray(img).save(folder / f'{i}.png')
+    return root
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT), ACCELERATE_USE_CPU='1')
+
+
+def _weights(path: Path):
+    return load_file(str(path))
+
+
+def _max_diff(a, b) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def test_two_process_cpu_run(tiny_data, tmp_path):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29517', TRAIN,
+           *TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'dist']
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / 'dist'
+    info = json.loads((run / 'run_info.json').read_text())
+    assert info['num_processes'] == 2 and info['global_batch_size'] == 16
+    digests = json.loads((run / 'summary.json').read_text())['rank_weight_digests']
+    assert len(digests) == 2 and digests[0] == digests[1]  # same weights on both ranks
+    ckpts = list((run / 'checkpoints').glob('step_*'))
+    assert len(ckpts) == 1 and {'random_states_0.pkl', 'random_states_1.pkl', 'model.safetensors',
+                                'optimizer.bin'} <= {p.name for p in ckpts[0].iterdir()}
+    assert _max_diff(_weights(ckpts[0] / 'model.safetensors'), _weights(run / 'model.safetensors')) == 0
+
+
+def test_killed_run_resumes_to_same_weights(tiny_data, tmp_path):
+    common = [*TINY, '--data', str(tiny_data), '--epochs', '3', '--output', str(tmp_path), '--alias-free',
+              '--ema', '--ema-decay', '0.9', '--checkpoint-every', '4']
+    full = train_main([*common, '--name', 'full'])
+    paused = train_main([*common, '--name', 'part', '--stop-after-steps', '11'])  # mid-epoch 2 of 3
+    assert paused['stopped'] and not (tmp_path / 'part' / 'model.safetensors').exists()
+    resumed = train_main(['--resume', str(tmp_path / 'part'), '--no-progress'])
+    assert resumed['global_step'] == full['global_step'] == 24
+    for sub in ('', 'ema/', 'best/'):
+        diff = _max_diff(_weights(tmp_path / 'full' / sub / 'model.safetensors'),
+                         _weights(tmp_path / 'part' / sub / 'model.safetensors'))
+        assert diff <= 1e-6, (sub, diff)
+    rows_full = json.loads((tmp_path / 'full' / 'metrics.json').read_text())
+    rows_part = json.loads((tmp_path / 'part' / 'metrics.json').read_text())
+    assert [r['epoch'] for r in rows_part] == [1, 2, 3]
+    assert [r['val_top1'] for r in rows_part] == pytest.approx([r['val_top1'] for r in rows_full])
+    assert rows_part[-1]['train_loss'] == pytest.approx(rows_full[-1]['train_loss'], rel=1e-5)
+    assert resumed['test']['top1'] == pytest.approx(full['test']['top1'])
+
+
+def test_export_is_timm_hub_layout_and_fine_tunes_at_new_size(tiny_data, tmp_path):
+    train_main([*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'base'])
+    base = tmp_path / 'base'
+    cfg = json.loads((base / 'config.json').read_text())
+    assert cfg['architecture'] == 'flexnet8' and cfg['num_classes'] == 3
+    assert cfg['model_args']['img_size'] == [16, 16] and cfg['pretrained_cfg']['input_size'] == [3, 16, 16]
+    assert cfg['label_names'] == ['class0', 'class1', 'class2']
+    model = timm.create_model(f'local-dir:{base}', pretrained=True).eval()
+    assert _max_diff(model.state_dict(), _weights(base / 'model.safetensors')) == 0
+    # fine-tune the exported weights at 24 px: the export then describes a 24 px model
+    train_main([*TINY[:-3], '--img-size', '24', '--batch-size', '8', '--val-size', '12', '--no-progress',
+                '--initial-checkpoint', str(base), '--data', str(tiny_data), '--epochs', '1',
+                '--output', str(tmp_path), '--name', 'ft24', '--lr', '1e-3'])
+    cfg24 = json.loads((tmp_path / 'ft24' / 'config.json').read_text())
+    assert cfg24['model_args']['img_size'] == [24, 24] and cfg24['pretrained_cfg']['input_size'] == [3, 24, 24]
+
+
+def test_rebase_keeps_the_function():
+    model = timm.create_model('flexnet8', img_size=16, widths=(8, 8), kernel_hidden=8).eval()
+    model.set_mask_width(0.3)
+    x = torch.randn(2, 3, 24, 24)
+    model.set_input_size(img_size=24)
+    ref = model(x)
+    rebase_input_size(model, img_size=24)
+    assert model.img_size == (24, 24) and all(l.source_grid == (25, 25) for l in model.flexconv_layers())
+    assert torch.allclose(model(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_param_groups_mask_lr_and_no_decay():
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    model = timm.create_model('flexnet8', img_size=16, widths=(8,), kernel_hidden=8)
+    groups = param_groups(model, weight_decay=0.05, mask_lr_scale=0.1)
+    masks = {id(p) for n, p in model.named_parameters() if n in model.mask_parameter_names()}
+    mask_group = next(g for g in groups if g.get('lr_scale') == 0.1)
+    assert {id(p) for p in mask_group['params']} == masks and mask_group['weight_decay'] == 0
+    assert sum(len(g['params']) for g in groups) == len(list(model.parameters()))
+    opt = create_optimizer_v2(groups, opt='adam', lr=0.01, weight_decay=0.05)
+    sched, _ = create_scheduler_v2(opt, sched='cosine', num_epochs=10, warmup_epochs=1, min_lr=1e-6,
+                                   step_on_epochs=False, updates_per_epoch=5)
+    for step in (2, 5, 30):  # warm-up and cosine: the mask lr is always a tenth of the main lr
+        sched.step_update(num_updates=step)
+        lrs = {g.get('lr_scale', 1.0): g['lr'] for g in opt.param_groups}
+        assert 1e-6 < lrs[1.0] < 0.01 and lrs[0.1] == pytest.approx(0.1 * lrs[1.0])
+
+
+def _snapshot(folder: Path):
+    return {p: p.stat().st_mtime_ns for p in folder.rglob('*')} if folder.exists() else {}
+
+
+@pytest.mark.parametrize('case', ['unknown_model', 'missing_data', 'not_a_run', 'corrupt_checkpoint', 'too_small',
+                                  'existing_run'])
+def test_bad_input_is_one_line_error(case, tiny_data, tmp_path, capsys):
+    (tmp_path / 'runs' / 'old').mkdir(parents=True)
+    (tmp_path / 'runs' / 'old' / 'args.json').write_text('{}')
+    (tmp_path / 'bad.safetensors').write_bytes(b'\x00garbage' * 10)
+    base = [*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path / 'runs'), '--name', 'new']
+    argv = {
+        'unknown_model': [*base, '--model', 'flexnet99'],
+        'missing_data': [*base, '--data', str(tmp_path / 'no_such_folder')],
+        'not_a_run': ['--resume', str(tmp_path / 'runs' / 'old')],
+        'corrupt_checkpoint': [*base, '--initial-checkpoint', str(tmp_path / 'bad.safetensors')],
+        'too_small': [*base, '--img-size', '1'],
+        'existing_run': [*base, '--name', 'old'],
+    }[case]
+    before = _snapshot(tmp_path)
+    assert run_cli(train_main, argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and '\n' not in err and 'Traceback' not in err
+    assert _snapshot(tmp_path) == before  # nothing written or overwritten
+
+
+def test_script_bad_input_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, TRAIN, '--model', 'resnet_nope', '--data', str(tmp_path / 'x'),
+                           '--output', str(tmp_path)], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+    assert len(lines) == 1 and 'Traceback' not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
