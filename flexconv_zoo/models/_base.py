@@ -1,14 +1,15 @@
 """Behaviour shared by FlexConv models: access to their FlexConv layers, the alias-free regulariser,
 mask control and input checks that stay outside FX-traced code."""
-from typing import Iterator, List, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
+from timm.models._builder import resolve_pretrained_cfg
 
 from ..layers import FlexConvNd
 
-__all__ = ['FlexConvModelMixin', 'check_image_input', 'as_sequence', 'restore_layout']
+__all__ = ['FlexConvModelMixin', 'check_image_input', 'as_sequence', 'restore_layout', 'pretrained_input_size', 'resample_to']
 
 
 class FlexConvModelMixin:
@@ -79,3 +80,40 @@ def as_sequence(x: torch.Tensor, in_chans: int, model_name: str) -> torch.Tensor
 def restore_layout(features: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Give ``(B, C, L)`` features the ``(B, C, 1, L)`` layout again when the input came in that way."""
     return features.unsqueeze(2) if like.dim() == 4 else features
+
+
+
+
+def pretrained_input_size(
+        variant: str, pretrained: bool, kwargs: Dict[str, Any], size_key: str,
+) -> Optional[Tuple[int, ...]]:
+    """The resolved pretrained cfg's ``input_size`` when the model must be built on its kernel grid, else None.
+
+    FlexConv weights are tied to the grid of their training resolution (``flexnet16.cifar10_16px_alias_free``
+    is trained at 16 px), which the cfg's ``input_size`` records. The model is built on it unless the caller
+    gives ``kwargs[size_key]`` (``img_size`` / ``seq_len``) for its own model or its own weights
+    (``pretrained_cfg_overlay=dict(file=...)`` without an ``input_size``). For a published weight, a requested
+    size is reached by resampling the kernels afterwards (``set_input_size``, the paper's protocol).
+    """
+    cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+    )
+    if cfg is None or not cfg.input_size:
+        return None
+    if kwargs.get(size_key) is None:
+        return tuple(cfg.input_size)
+    overlay = kwargs.get('pretrained_cfg_overlay') or {}
+    own_weights = ('file' in overlay or 'state_dict' in overlay) and 'input_size' not in overlay
+    return tuple(cfg.input_size) if pretrained and not own_weights else None
+
+
+def resample_to(model: nn.Module, size: Any) -> None:
+    """Resample the kernels of ``model`` (a FlexConv model or a timm feature wrapper of one) for ``size``."""
+    if hasattr(model, 'set_input_size'):
+        model.set_input_size(size)
+        return
+    for layer in model.modules():
+        if isinstance(layer, FlexConvNd):
+            layer.set_input_size(size)

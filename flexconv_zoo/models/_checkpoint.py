@@ -4,15 +4,10 @@ Reads this package's own state dicts and the original FlexConv code's checkpoint
 (github.com/rjbruin/flexconv: ``{"model": state_dict}`` with ``cconv1.Kernel.*``, ``mask_params``,
 ``train_length`` keys and 1x1-conv "linear" layers), and adapts the stem to another ``in_chans``.
 
-For checkpoints of this package, the filter also puts the model on the kernel grid the weights were trained
-on (the pretrained cfg's ``input_size``): ``flexnet16.cifar10_16px_alias_free`` samples its kernels on 17
-points even though FlexNet's default ``img_size`` is 32. Original checkpoints record that grid per layer
-(``train_length``); a model built for another grid is refused with the size to use.
-
-Importing this module also routes timm's pretrained loading of FlexConv models through
-:func:`flexconv_zoo.hub.load_pretrained` (Hub download with a bundled fallback and clear errors).
+Original checkpoints record the kernel grid of every layer (``train_length``); a model built for another
+grid is refused with the size to use. (This package's own weights get their grid at model creation, from
+the pretrained cfg's ``input_size``: see ``resolve_training_size``.)
 """
-import logging
 import re
 from typing import Dict, Tuple
 
@@ -21,8 +16,6 @@ import torch.nn as nn
 from timm.models import adapt_input_conv
 
 __all__ = ['checkpoint_filter_fn', 'convert_original_state_dict', 'is_original_checkpoint', 'check_original_grid']
-
-_logger = logging.getLogger(__name__)
 
 # (pattern, replacement) applied in order to every key of an original checkpoint.
 _ORIGINAL_RENAMES = [
@@ -139,34 +132,8 @@ def _adapt_stem_channels(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
         state_dict[bias_key] = adapt_input_conv(target_in, bias, base_chans=source_in).reshape(-1)
 
 
-def _align_training_grid(model: nn.Module) -> None:
-    """Put ``model`` on the kernel grid of the resolution its pretrained cfg says the weights were trained at.
-
-    FlexNet: ``input_size[1:]``; an ``img_size`` the user asked for explicitly is honoured as the resolution
-    to run at (``set_input_size``, the paper's resampling protocol). FlexTCN: ``input_size[-1]`` steps.
-    """
-    size = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size')
-    if not size or not hasattr(model, 'set_source_size'):
-        return
-    if hasattr(model, 'seq_len'):
-        if int(model.seq_len) != int(size[-1]):
-            _logger.info(f"Pretrained weights were trained on length {size[-1]} sequences: kernel grid set to it.")
-            model.set_source_size(int(size[-1]))
-        return
-    trained = tuple(int(s) for s in size[1:])
-    if tuple(model.img_size) == trained:
-        return
-    requested = (getattr(model, '_traits', None) or {}).get('img_size')
-    model.set_source_size(trained)
-    if requested is not None and tuple(requested) != trained:
-        _logger.warning(
-            f"Pretrained weights were trained at {trained}; the kernels are resampled for the requested "
-            f"img_size={tuple(requested)} (model.set_input_size, the paper's protocol).")
-        model.set_input_size(tuple(requested))
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """timm pretrained filter: unwrap, convert original checkpoints (grid-checked), fix the grid, adapt ``in_chans``."""
+    """timm pretrained filter: unwrap, convert original checkpoints (grid-checked), adapt ``in_chans``."""
     for wrapper in ('model', 'state_dict', 'model_state_dict'):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
@@ -174,16 +141,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     if is_original_checkpoint(state_dict):
         check_original_grid(state_dict, model)
         state_dict = convert_original_state_dict(state_dict)
-    else:
-        _align_training_grid(model)
     state_dict = dict(state_dict)
     _adapt_stem_channels(state_dict, model)
     return state_dict
 
-
-def _install_loader() -> None:
-    from .. import hub  # the package's hub module holds the loader; models do not depend on it otherwise
-    hub.install_pretrained_loader()
-
-
-_install_loader()

@@ -26,7 +26,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 
 from ..layers import FlexConv1d, FlexConv2d, FlexConvNd
-from ._base import FlexConvModelMixin, check_image_input
+from ._base import FlexConvModelMixin, check_image_input, pretrained_input_size, resample_to
 from ._checkpoint import checkpoint_filter_fn
 
 __all__ = ['FlexNet', 'FlexNetBlock']
@@ -263,13 +263,21 @@ class FlexNet(FlexConvModelMixin, nn.Module):
 
 
 def _create_flexnet(variant: str, pretrained: bool = False, **kwargs: Any) -> FlexNet:
+    # Kernels live on the grid of the training resolution; a different requested size is a resampling.
+    run_size = kwargs.get('img_size')
+    trained = pretrained_input_size(variant, pretrained, kwargs, 'img_size')
+    if trained is not None:
+        kwargs['img_size'] = trained[-2:]
     num_blocks = len(kwargs.get('widths', ()))
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         FlexNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=tuple(range(num_blocks)), flatten_sequential=True),
         **kwargs,
     )
+    if trained is not None and run_size is not None and to_2tuple(run_size) != tuple(trained[-2:]):
+        resample_to(model, to_2tuple(run_size))
+    return model
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:

@@ -25,7 +25,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 
 from ..layers import FlexConv1d
-from ._base import FlexConvModelMixin, as_sequence, restore_layout
+from ._base import FlexConvModelMixin, as_sequence, pretrained_input_size, resample_to, restore_layout
 from ._checkpoint import checkpoint_filter_fn
 
 __all__ = ['FlexTCN', 'FlexTCNBlock']
@@ -299,14 +299,22 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
 
 
 def _create_flextcn(variant: str, pretrained: bool = False, **kwargs: Any) -> FlexTCN:
+    # Kernels live on the grid of the training length; a different requested length is a resampling.
+    run_len = kwargs.get('seq_len')
+    trained = pretrained_input_size(variant, pretrained, kwargs, 'seq_len')
+    if trained is not None:
+        kwargs['seq_len'] = trained[-1]
     num_blocks = len(kwargs.get('widths', ()))
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         FlexTCN, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         # Features come from forward_intermediates, which accepts both (B, C, L) and (B, C, 1, L).
         feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(2 * num_blocks))),
         **kwargs,
     )
+    if trained is not None and run_len is not None and FlexTCN._length(run_len) != trained[-1]:
+        resample_to(model, FlexTCN._length(run_len))
+    return model
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
