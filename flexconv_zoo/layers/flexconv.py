@@ -14,9 +14,23 @@ grid of the new size and scaled by ``(src / tgt)^D``, the paper's protocol. With
 every forward does this for the size of its input.
 
 In eval mode the cropped, masked kernel is cached and reused until a parameter changes (in place or by
-replacement), the sampling grid changes, or the layer returns to train mode.
+replacement), the sampling grid changes, the module moves (``.to``), a state dict is loaded, or the layer
+returns to train mode. In-place edits through ``.data`` bypass version counters: call
+:meth:`FlexConvNd.clear_kernel_cache` after those.
+
+The crop is a shape, so deciding it reads the mask parameters on the host. ``crop_mode`` picks how:
+
+* ``'exact'`` (CPU default): read them every forward (free on CPU, a device sync on a GPU);
+* ``'lagged'`` (CUDA default): read a copy made asynchronously one forward earlier, widen it by a margin and
+  round it up to a few bucket sizes, then zero the taps outside the exact crop with a 0/1 indicator computed
+  on the device. Outputs and gradients equal the exact crop's as long as the crop moves less than the margin
+  per step; a device-side flag reports (one step late) when it did not and the margin doubles;
+* ``'full'`` (under ``torch.compile`` / export): no host read at all: the whole grid times the indicator.
+  Same function, no graph breaks, but the convolution always costs the full kernel size.
 """
-from typing import Optional, Sequence, Tuple, Union
+import math
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -24,9 +38,15 @@ import torch.nn as nn
 from .fftconv import CONV_METHODS, conv_nd
 from .kernelnet import create_kernel_net
 from .mask import GaussianMask
-from .resolution import MIN_INPUT_SIZE, grid_positions, grid_size_for_input, sampling_rate_scale, to_tuple
+from .resolution import (
+    MIN_INPUT_SIZE, crop_extent_causal, crop_extent_centered, grid_positions, grid_size_for_input,
+    sampling_rate_scale, threshold_radius, to_tuple,
+)
 
-__all__ = ['FlexConvNd', 'FlexConv1d', 'FlexConv2d']
+__all__ = ['FlexConvNd', 'FlexConv1d', 'FlexConv2d', 'CROP_MODES']
+
+# How the crop (an integer shape) is decided, see FlexConvNd.crop_mode.
+CROP_MODES = ('auto', 'exact', 'lagged', 'full')
 
 
 class FlexConvNd(nn.Module):
@@ -109,8 +129,14 @@ class FlexConvNd(nn.Module):
             threshold=mask_threshold, **dd,
         )
         self.bias = nn.Parameter(torch.zeros(out_channels, **dd)) if bias else None
+        self.crop_mode = 'auto'
         self._cached_kernel: Optional[torch.Tensor] = None
         self._cache_key = None
+        self._positions: Dict[tuple, torch.Tensor] = {}  # constant grids, per (window, device, dtype)
+        self._lag_buffer: Optional[torch.Tensor] = None  # host copy of (mean, sigma, overflow) per dim
+        self._lag_event = None
+        self._lag_margin = 1.0  # in grid steps (centred) / fraction of 1 % of the domain (causal), doubles
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module.clear_kernel_cache())
 
     # ------------------------------------------------------------------ resolution
     @property
@@ -129,7 +155,7 @@ class FlexConvNd(nn.Module):
         if any(k < MIN_INPUT_SIZE for k in grid):
             raise ValueError(f"grid_size must be at least {MIN_INPUT_SIZE} per dimension, got {grid}.")
         self.grid = grid
-        self._cached_kernel = None
+        self.clear_kernel_cache()
 
     def set_input_size(self, input_size: Union[int, Sequence[int]]) -> None:
         """Announce that inputs now have ``input_size`` samples per dimension (resampled data)."""
@@ -141,26 +167,161 @@ class FlexConvNd(nn.Module):
         self.set_sampling_grid(self.source_grid)
 
     # ------------------------------------------------------------------ kernel
-    def compute_kernel(self, grid: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """The masked, cropped kernel on ``grid`` (default: the current grid), ``(out, in, *crop)``."""
+    def clear_kernel_cache(self) -> None:
+        """Drop the cached eval kernel, grids and the lagged copy of the mask parameters."""
+        self._cached_kernel = None
+        self._cache_key = None
+        self._positions = {}
+        self._lag_buffer = None
+        self._lag_event = None
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device/dtype), .cuda(), .half(): every cached tensor lives on the old device or dtype.
+        self.clear_kernel_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _resolve_crop_mode(self, device: torch.device) -> str:
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}.")
+        if device.type == 'meta' or torch.compiler.is_compiling():
+            return 'full'  # nothing to read on the host (meta) or reading it would break the graph
+        if self.crop_mode != 'auto':
+            return self.crop_mode
+        return 'lagged' if device.type == 'cuda' else 'exact'
+
+    def _grid_positions(self, grid, start, length, device, dtype) -> torch.Tensor:
+        key = (tuple(grid), tuple(start), tuple(length), device, dtype)
+        positions = self._positions.get(key)
+        if positions is None or torch.compiler.is_compiling():
+            positions = grid_positions(grid, start, length, device=device, dtype=dtype)
+            if not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled():
+                self._positions[key] = positions
+        return positions
+
+    def _exact_window(self, grid: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """First and one-past-last kept index per dimension, on the device: the host crop rule, in float64."""
+        mask = self.mask
+        radius = threshold_radius(mask.threshold)
+        wide = torch.float32 if mask.sigma.device.type == 'mps' else torch.float64
+        with torch.no_grad():
+            mean, sigma = mask.mean.detach().to(wide), mask.sigma.detach().to(wide)
+            half_width = sigma.abs().clamp_min(mask.eps) * radius
+            size = torch.tensor(grid, device=mean.device, dtype=wide)
+            half = (size - 1) / 2
+            if self.causal:
+                root = mean - half_width
+                start = torch.floor((root + 1.0) * half + 1e-9) + 1
+                start = torch.minimum(start, size - 1)
+                start = torch.where((root <= -1.0) | (root >= 1.0), torch.zeros_like(start), start)
+                end = size
+            else:
+                root = torch.maximum((mean - half_width).abs(), (mean + half_width).abs())
+                start = torch.floor((1.0 - root) * half + 1e-9) + 1
+                start = torch.minimum(start, torch.floor((size - 1) / 2))
+                start = torch.where(root >= 1.0, torch.zeros_like(start), start)
+                end = size - start
+        return start, end
+
+    def _indicator(self, grid, start: Sequence[int], length: Sequence[int]):
+        """0/1 weights of the window ``start, length`` that zero the taps outside the exact crop, and a flag
+        that is 1 where the exact crop reaches outside the window (the lagged bucket was too small)."""
+        lo, hi = self._exact_window(grid)
+        with torch.no_grad():
+            ind, overflow = None, []
+            for d, (s, n) in enumerate(zip(start, length)):
+                idx = torch.arange(s, s + n, device=lo.device, dtype=lo.dtype)
+                keep = ((idx >= lo[d]) & (idx < hi[d])).to(self.mask.sigma.dtype)
+                ind = keep if ind is None else ind[..., None] * keep
+                overflow.append((lo[d] < s) | (hi[d] > s + n))
+            return ind, torch.stack(overflow).to(torch.float32)
+
+    def _lagged_window(self, grid: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        """Bucketed crop from a copy of the mask parameters made one forward earlier (no device sync)."""
+        mask = self.mask
+        buf, event = self._lag_buffer, self._lag_event
+        if buf is None:
+            values = torch.stack([mask.mean.detach(), mask.sigma.detach()]).float().cpu()  # one sync, first call
+            buf = torch.zeros(3, self.dim, pin_memory=mask.sigma.device.type == 'cuda')
+            buf[:2] = values
+            self._lag_buffer = buf
+        elif event is not None:
+            event.synchronize()  # waits, at most, for the previous forward's copy (host stays a step ahead)
+        mean, sigma, overflow = buf.tolist()
+        if any(overflow):
+            self._lag_margin *= 2
+            warnings.warn(
+                f"{type(self).__name__}: the mask grew past the lagged crop in one step; the margin is now "
+                f"{self._lag_margin:g} and one step used a slightly smaller kernel than the exact crop.")
+        radius = threshold_radius(mask.threshold)
+        starts, lengths = [], []
+        for m, s, k in zip(mean, sigma, grid):
+            half_width = max(abs(s), mask.eps) * radius
+            step = 2.0 / (k - 1)
+            if self.causal:
+                margin = self._lag_margin * max(step, 0.01)
+                # min with the unwidened crop: the rule keeps everything when the root passes +1 (not monotone)
+                start = min(crop_extent_causal(m - half_width, k)[0], crop_extent_causal(m - half_width - margin, k)[0])
+                length = k - start
+                # Geometric buckets (eighth octaves) for long causal kernels, exact below 16 taps.
+                length = k if length >= k else min(k, length if length <= 16 else
+                                                   int(math.ceil(2 ** (math.ceil(8 * math.log2(length)) / 8))))
+                start = k - length
+            else:
+                margin = self._lag_margin * step
+                root = max(abs(m - half_width), abs(m + half_width)) + margin
+                start, _ = crop_extent_centered(root, k)
+                start = (start // 2) * 2  # lengths grow in steps of 4: 5, 9, 13, ... on a 33 grid
+                length = k - 2 * start
+            starts.append(start)
+            lengths.append(length)
+        return tuple(starts), tuple(lengths)
+
+    def _record_lag(self, overflow: torch.Tensor) -> None:
+        """Start the asynchronous copy of the current mask parameters (read by the next forward)."""
+        buf, mask = self._lag_buffer, self.mask
+        device = mask.sigma.device
+        if buf is None or (device.type == 'cuda' and torch.cuda.is_current_stream_capturing()):
+            return
+        with torch.no_grad():
+            values = torch.cat([mask.mean.detach()[None], mask.sigma.detach()[None], overflow[None]]).float()
+            buf.copy_(values, non_blocking=device.type == 'cuda')
+        if device.type == 'cuda':
+            self._lag_event = torch.cuda.Event()
+            self._lag_event.record()
+
+    def compute_kernel(self, grid: Optional[Sequence[int]] = None, crop_mode: Optional[str] = None) -> torch.Tensor:
+        """The masked, cropped kernel on ``grid`` (default: the current grid), ``(out, in, *crop)``.
+
+        ``crop_mode`` overrides :attr:`crop_mode` (see the module docstring); in the 'lagged' and 'full'
+        modes the kernel is larger than the exact crop, with zeros outside it.
+        """
         grid = self.grid if grid is None else tuple(grid)
         ref = self.mask.sigma
-        if ref.is_meta:
-            # No values to crop with on the meta device; the output shape does not depend on the crop.
-            start, length = (0,) * self.dim, grid
-        else:
+        mode = self._resolve_crop_mode(ref.device) if crop_mode is None or ref.is_meta else crop_mode
+        indicator = overflow = None
+        if mode == 'exact':
             start, length = self.mask.crop(grid)
-        positions = grid_positions(grid, start, length, device=ref.device, dtype=ref.dtype)
+        else:
+            start, length = self._lagged_window(grid) if mode == 'lagged' else ((0,) * self.dim, grid)
+            if not ref.is_meta:  # meta: no values, and the output shape does not depend on the crop
+                indicator, overflow = self._indicator(grid, start, length)
+        positions = self._grid_positions(grid, start, length, ref.device, ref.dtype)
         values = self.kernel_net(positions)  # (P, out * in)
         weight = values.t().reshape(self.out_channels, self.in_channels, *length)
         mask = self.mask(positions).reshape(*length)
+        if indicator is not None:
+            mask = mask * indicator
         scale = sampling_rate_scale(self.source_grid, grid)
         if scale != 1.0:
             mask = mask * scale
+        if mode == 'lagged':
+            self._record_lag(overflow)
         return weight * mask
 
     def _kernel_cache_key(self, grid: Tuple[int, ...]):
-        return grid, self.source_grid, tuple((p.device, p.dtype, p.data_ptr(), p._version) for p in self.parameters())
+        params = tuple((p.device, p.dtype, p.data_ptr(), p._version) for p in self.parameters())
+        # An inference-mode kernel cannot join autograd later; keep it apart from ordinary no_grad kernels.
+        return grid, self.source_grid, torch.is_inference_mode_enabled(), params
 
     def _use_cache(self) -> bool:
         if self.training or torch.compiler.is_compiling() or self.mask.sigma.is_meta:
@@ -174,7 +335,8 @@ class FlexConvNd(nn.Module):
             return self.compute_kernel(grid)
         key = self._kernel_cache_key(grid)
         if self._cached_kernel is None or self._cache_key != key:
-            self._cached_kernel = self.compute_kernel(grid)
+            # Computed once: take the exact crop (smallest kernel, one host read).
+            self._cached_kernel = self.compute_kernel(grid, crop_mode='exact')
             self._cache_key = key
         return self._cached_kernel
 
