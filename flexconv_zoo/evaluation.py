@@ -76,7 +76,7 @@ def min_input_size(model: nn.Module) -> int:
 def _check_model_name(name: str) -> None:
     import timm
     if not timm.is_model(name):
-        known = ', '.join(timm.list_models('flex*'))
+        known = ', '.join(timm.list_models(['flexnet*', 'flextcn*']))
         raise UserError(f"Unknown model {name!r} (FlexConv models: {known}).")
 
 
