@@ -6,14 +6,12 @@ transform is built (:func:`flexconv_zoo.data.eval_transform_for`), so model and 
 """
 import argparse
 import ast
-import csv
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn

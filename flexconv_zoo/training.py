@@ -252,17 +252,16 @@ def _build_model(args: argparse.Namespace, splits) -> tuple:
             raise UserError(f"--img-size {size} is smaller than the 2 px {args.model} accepts.")
         input_kwargs = dict(img_size=int(size))
     init = Path(args.initial_checkpoint) if args.initial_checkpoint else None
-    if init is not None and init.is_dir() and (init / 'config.json').is_file():
-        cfg = json.loads((init / 'config.json').read_text())
-        for key in ('img_size', 'seq_len'):
-            if key in cfg.get('model_args', {}):
-                kwargs[key] = cfg['model_args'][key]
-        kwargs.update({k: v for k, v in cfg.get('model_args', {}).items() if k not in ('num_classes', 'in_chans')})
+    if init is not None and init.is_dir():
+        if not (init / 'config.json').is_file() or _weights_file(init) is None:
+            raise UserError(f"{init} holds no exported weights (config.json + model.safetensors): pass a finished run "
+                            f"folder, a Hub-layout folder or a weights file.")
+        try:
+            model_args = json.loads((init / 'config.json').read_text()).get('model_args', {})
+        except ValueError as e:
+            raise UserError(f"Cannot read {init / 'config.json'}: {e}") from None
+        kwargs.update({k: v for k, v in model_args.items() if k not in ('num_classes', 'in_chans')})
         init = _weights_file(init)
-    elif init is not None and init.is_dir():
-        from .evaluation import _from_run_folder
-        raise UserError(f"{init} has no config.json/model.safetensors export; pass a checkpoint file instead.") \
-            if not (init / 'args.json').is_file() else None
     elif not sequence:
         kwargs['img_size'] = args.source_img_size or input_kwargs['img_size']
     if args.pretrained:
@@ -502,7 +501,7 @@ class _Loop:
         return self.acc.reduce(t, reduction='sum').item()
 
     def end_epoch(self, val_loader) -> None:
-        args, state, acc = self.args, self.state, self.acc
+        state, acc = self.state, self.acc
         seen = self._reduce(state.seen)
         row = dict(epoch=state.epoch + 1, step=state.global_step, lr=self.optimizer.param_groups[0]['lr'],
                    train_loss=self._reduce(state.loss_sum) / seen, train_top1=100 * self._reduce(state.correct) / seen,

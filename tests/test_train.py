@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import flexconv_zoo  # noqa: F401
+import flexconv_zoo  # noqa: F401  (registers the models)
 from flexconv_zoo.evaluation import run_cli
 from flexconv_zoo.training import param_groups, rebase_input_size, train_main
 
@@ -20,6 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / 'scripts' / 'train.py')
 TINY = ['--model', 'flexnet8', '--model-kwargs', 'widths=8,8', 'kernel_hidden=8', '--img-size', '16',
         '--batch-size', '8', '--val-size', '12', '--no-progress']
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 
 @pytest.fixture(scope='module')

@@ -1,19 +1,30 @@
 """scripts/validate.py: multi-resolution table, CSV/JSON/PNG outputs, checkpoint kinds, bad input."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-import flexconv_zoo  # noqa: F401
+import flexconv_zoo  # noqa: F401  (registers the models)
 from flexconv_zoo.evaluation import run_cli, validate_main
 from flexconv_zoo.training import train_main
 
 ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 
 @pytest.fixture(scope='module')
@@ -95,7 +106,7 @@ def test_script_paper_protocol_one_command(trained, tmp_path):
     run, data = trained
     proc = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'validate.py'), '--checkpoint', str(run),
                            '--data', str(data), '--img-size', '16', '32', '--output', str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ' 16* ' in proc.stdout and ' 32  ' in proc.stdout
     assert (tmp_path / 'accuracy_vs_resolution.png').is_file()
