@@ -23,6 +23,7 @@ Speed notes (measured, see ``scripts/benchmark.py`` and ``docs/PERFORMANCE.md``)
 possible (``torch.compile``/export, FX tracing, meta tensors, CUDA graph capture) or when autotuning is
 disabled (``FLEXCONV_AUTOTUNE=0`` or :func:`set_autotune`).
 """
+import contextlib
 import functools
 import math
 import os
@@ -186,7 +187,8 @@ def _fft(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], be
     dims = tuple(range(2, 2 + dim))
     sizes, ks = x.shape[2:], weight.shape[2:]
     fft_shape = [fft_length(n, k, b) for n, k, b in zip(sizes, ks, before)]
-    with torch.autocast(x.device.type, enabled=False):  # keep FFTs and the complex matmul in float32
+    # keep FFTs and the complex matmul in float32 (the meta device has no autocast state)
+    with torch.autocast(x.device.type, enabled=False) if x.device.type != 'meta' else contextlib.nullcontext():
         x, weight = x.to(compute_dtype), weight.to(compute_dtype)
         # A linear convolution with the flipped kernel is the cross-correlation F.conv computes.
         x_f = torch.fft.rfftn(x, s=fft_shape, dim=dims)
