@@ -5,6 +5,8 @@
 # evaluates the exported weights at 16, 24 and 32 px on 2,000 test images: the paper's
 # "train at 16 px, test at higher resolution" protocol, printed as a table (+ CSV/JSON/PNG in the run folder).
 set -euo pipefail
+# One intra-op thread: on a shared 2-core machine two OpenMP threads stall each other (measured 10x slower).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 cd "$(dirname "$0")/.."
 RUN_NAME="${RUN_NAME:-demo-flexnet8-16px-$(date +%Y%m%d-%H%M%S)}"
 python scripts/train.py --model flexnet8 --data cifar10 --img-size 16 --alias-free \
