@@ -524,7 +524,22 @@ class _Loop:
         state.start_epoch()
         if acc.is_main_process:
             _write_metrics(self.run_dir, state.history)
+            self.log_tensorboard(row)
         self.checkpoint()
+
+    def log_tensorboard(self, row: Dict[str, Any]) -> None:
+        """Epoch metrics to ``<run>/tensorboard`` when TensorBoard is installed (silently skipped otherwise)."""
+        if not hasattr(self, '_tb'):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.run_dir / 'tensorboard'))
+            except ImportError:
+                self._tb = None
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != 'epoch' and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, row['epoch'])
+            self._tb.flush()
 
     def weight_digests(self) -> List[str]:
         """SHA-256 of every process's parameters (all equal when data-parallel training stayed in sync)."""

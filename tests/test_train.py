@@ -113,6 +113,14 @@ def test_export_is_timm_hub_layout_and_fine_tunes_at_new_size(tiny_data, tmp_pat
     assert cfg24['model_args']['img_size'] == [24, 24] and cfg24['pretrained_cfg']['input_size'] == [3, 24, 24]
 
 
+def test_gradient_accumulation_and_smoothing(tiny_data, tmp_path):
+    out = train_main([*TINY, '--data', str(tiny_data), '--epochs', '2', '--output', str(tmp_path), '--name', 'acc',
+                      '--grad-accum', '3', '--smoothing', '0.1'])
+    assert out['global_step'] == 2 * 3  # 8 batches per epoch -> 3 optimizer steps (the last one partial)
+    rows = json.loads((tmp_path / 'acc' / 'metrics.json').read_text())
+    assert [r['step'] for r in rows] == [3, 6] and all(np.isfinite(r['train_loss']) for r in rows)
+
+
 def test_rebase_keeps_the_function():
     model = timm.create_model('flexnet8', img_size=16, widths=(8, 8), kernel_hidden=8).eval()
     model.set_mask_width(0.3)
