@@ -53,8 +53,10 @@ def test_grey_images_get_one_channel_stats():
 
 def test_eval_transform_and_model_size_cannot_disagree():
     model = timm.create_model('flexnet8', img_size=16, widths=(8,), kernel_hidden=8)
+    assert model_input_size(model) == (3, 16, 16)  # the cfg follows img_size at creation
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 32, 32))  # a stale config
     with pytest.raises(ValueError, match='set_input_size'):
-        model_input_size(model)  # config still advertises the default 32 px, kernels are on the 16 px grid
+        model_input_size(model)  # config advertises 32 px, kernels are on the 16 px grid
     model.set_input_size(img_size=16)
     cfg = resolve_data_config(model=model)
     assert create_eval_transform(cfg, model=model).input_size == (3, 16, 16)

@@ -9,7 +9,7 @@ from timm.models._builder import resolve_pretrained_cfg
 
 from ..layers import FlexConvNd
 
-__all__ = ['FlexConvModelMixin', 'check_image_input', 'as_sequence', 'restore_layout', 'pretrained_input_size', 'resample_to']
+__all__ = ['FlexConvModelMixin', 'check_image_input', 'as_sequence', 'restore_layout', 'pretrained_input_size', 'resample_to', 'sync_cfg_input_size']
 
 
 class FlexConvModelMixin:
@@ -117,3 +117,14 @@ def resample_to(model: nn.Module, size: Any) -> None:
     for layer in model.modules():
         if isinstance(layer, FlexConvNd):
             layer.set_input_size(size)
+
+
+def sync_cfg_input_size(model: nn.Module, input_size: Tuple[int, ...]) -> None:
+    """Make the pretrained cfg advertise ``input_size`` (the size the model was built or resampled for), so
+    ``timm.data.resolve_data_config(model=model)`` and the model agree."""
+    cfg = getattr(model, 'pretrained_cfg', None)
+    if not cfg or tuple(cfg.get('input_size') or ()) == tuple(input_size):
+        return
+    cfg = dict(cfg, input_size=tuple(input_size))
+    cfg.pop('test_input_size', None)  # advertised for the published training size only
+    model.pretrained_cfg = model.default_cfg = cfg

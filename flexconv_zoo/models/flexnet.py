@@ -26,7 +26,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 
 from ..layers import FlexConv1d, FlexConv2d, FlexConvNd
-from ._base import FlexConvModelMixin, check_image_input, pretrained_input_size, resample_to
+from ._base import FlexConvModelMixin, check_image_input, pretrained_input_size, resample_to, sync_cfg_input_size
 from ._checkpoint import checkpoint_filter_fn
 
 __all__ = ['FlexNet', 'FlexNetBlock']
@@ -277,6 +277,8 @@ def _create_flexnet(variant: str, pretrained: bool = False, **kwargs: Any) -> Fl
     )
     if trained is not None and run_size is not None and to_2tuple(run_size) != tuple(trained[-2:]):
         resample_to(model, to_2tuple(run_size))
+    in_chans = kwargs.get('in_chans', 3)
+    sync_cfg_input_size(model, (in_chans, *to_2tuple(run_size if run_size is not None else kwargs['img_size'])))
     return model
 
 

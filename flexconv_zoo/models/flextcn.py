@@ -25,7 +25,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 
 from ..layers import FlexConv1d
-from ._base import FlexConvModelMixin, as_sequence, pretrained_input_size, resample_to, restore_layout
+from ._base import FlexConvModelMixin, as_sequence, pretrained_input_size, resample_to, sync_cfg_input_size, restore_layout
 from ._checkpoint import checkpoint_filter_fn
 
 __all__ = ['FlexTCN', 'FlexTCNBlock']
@@ -314,6 +314,8 @@ def _create_flextcn(variant: str, pretrained: bool = False, **kwargs: Any) -> Fl
     )
     if trained is not None and run_len is not None and FlexTCN._length(run_len) != trained[-1]:
         resample_to(model, FlexTCN._length(run_len))
+    length = FlexTCN._length(run_len if run_len is not None else kwargs['seq_len'])
+    sync_cfg_input_size(model, (kwargs.get('in_chans', 1), 1, length))
     return model
 
 
