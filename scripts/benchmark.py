@@ -10,7 +10,7 @@ Sections (each row: FlexConv time / baseline time, both timed in this process, i
             the same network with fixed kernels of the cropped sizes; initial mask widths and trained widths
             (``set_mask_width``: 0.5 -> 33x33 for FlexNet, 1.0 -> the whole sequence for FlexTCN).
   memory    peak memory of a training step above the resting state (CUDA: max_memory_allocated; CPU: RSS of a
-            fresh subprocess sampled every 0.5 ms over two steps after a warm-up step) vs ResNet-44.
+            fresh subprocess sampled every 0.5 ms over the first two steps) vs ResNet-44.
   layers    one FlexConv2d (kernel net + mask + conv) vs nn.Conv2d at the same kernel size, training step.
   dispatch  the automatic FFT/direct choice vs the faster of the two measured here, 2-D kernels 3..33 and
             1-D causal kernels as long as the sequence.
@@ -209,7 +209,7 @@ _MEMORY_CHILD = '--memory-child'
 
 
 def peak_memory(name: str, sigma: Optional[float], args, device) -> float:
-    """Peak memory (MiB) above the resting state during two training steps (after one warm-up step)."""
+    """Peak memory (MiB) above the model at rest during its first two training steps."""
     if device.type == 'cuda':
         x = make_input(name, args, device)
         model = build(name, args, device, sigma)
@@ -236,7 +236,13 @@ def _memory_child(argv: List[str]) -> None:
     x = make_input(name, args, device)
     model = build(name, args, device, sigma)
     step = train_step_fn(model, x, args)
-    step()  # autotune, lazy state (Adam moments), allocator warm-up
+    # Measured from the model at rest: freed memory stays in the process, so a warm-up step would hide the
+    # peak. No autotuning here (its timing runs would count): the fixed table decides, as under compile.
+    fftconv.set_autotune(False)
+    with torch.no_grad():
+        model.eval()
+        model(x[:2])
+    model.train()
     import threading
     peak, done = [_rss_mib()], threading.Event()
 
@@ -362,6 +368,8 @@ def bench_dispatch(args, device) -> List[Dict]:
 
 # ---------------------------------------------------------------------------------------------- main
 def print_tables(result: Dict) -> None:
+    if not result.get('models'):
+        result['models'] = []
     print('\n## Models: training step (fwd+bwd+Adam) and eval forward, ratios in the same run')
     print('| model | regime | kernels | train step | vs ResNet-44 | img/s | eval vs ResNet-44 '
           '| eval cached vs fixed kernels | eval uncached / cached |')
@@ -458,6 +466,7 @@ def main():
             print(f"[{section}]", flush=True)
             result[section] = fn(args, device)
     result['env']['wall_s'] = time.perf_counter() - t0
+    result['autotune_choices'] = {str(k): v for k, v in fftconv.autotune_cache().items()}
     print_tables(result)
     print(f"\ntotal {result['env']['wall_s']:.0f} s; results in {args.json}")
     with open(args.json, 'w') as f:

@@ -83,7 +83,8 @@ def fft_length(n: int, k: int, before: int) -> int:
     no kept output is touched iff ``N >= n + max(a, k - 1 - a)``.
     """
     a = k - 1 - before
-    return next_fast_len(n + max(a, k - 1 - a))
+    fast_len = next_fast_len.__wrapped__ if torch.compiler.is_compiling() else next_fast_len
+    return fast_len(n + max(a, k - 1 - a))
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor) -> int:
@@ -222,9 +223,6 @@ def choose_conv_method(kernel_size: Sequence[int], device_type: str) -> str:
 # ---------------------------------------------------------------------------------------------- autotune
 _AUTOTUNE = os.environ.get('FLEXCONV_AUTOTUNE', '1').strip().lower() not in ('0', 'false', 'off', 'no')
 _AUTOTUNE_CACHE: Dict[tuple, str] = {}
-# On CPU both paths scale linearly with the batch: time a slice of it so that tuning a slow direct conv
-# (seconds for a 33x33 kernel at batch 64) stays cheap. GPUs are timed at the real batch (occupancy matters).
-_CPU_TUNE_BATCH = 8
 # The FFT must be this much faster to be picked (see _tune).
 _FFT_MARGIN = 0.95
 
@@ -281,11 +279,11 @@ def _sync(device: torch.device) -> None:
 
 def _measure(fn, device: torch.device, budget_s: float) -> float:
     """Best of several runs (the minimum is the least disturbed by other processes); fast calls get more
-    runs, up to ``budget_s`` of timing, slow ones at least two."""
+    runs, up to ``budget_s`` of timing, slow ones at least three."""
     fn()  # warm-up: FFT plans, oneDNN primitives, cuDNN algorithm search
     _sync(device)
     best, spent, runs = math.inf, 0.0, 0
-    while runs < 2 or (spent < budget_s and runs < 50):
+    while runs < 3 or (spent < budget_s and runs < 50):
         t0 = time.perf_counter()
         fn()
         _sync(device)
@@ -296,33 +294,33 @@ def _measure(fn, device: torch.device, budget_s: float) -> float:
 
 def _tune(x: torch.Tensor, weight: torch.Tensor, causal: bool, needs_grad: bool) -> str:
     device = x.device
-    if device.type == 'cpu':
-        x = x[:_CPU_TUNE_BATCH]
     x = x.detach()  # same memory format as the real call
     weight = weight.detach()
     weight, before = _trim(weight, x.shape[2:], causal)
     if needs_grad:
         x, weight = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
 
-    def runner(impl):
+    def runner(impl, inp):
         def run():
             with torch.enable_grad() if needs_grad else torch.no_grad():
-                y = impl(x, weight, None, before)
+                y = impl(inp, weight, None, before)
                 if needs_grad:
-                    torch.autograd.grad(y.sum(), (x, weight))
+                    torch.autograd.grad(y.sum(), (inp, weight))
         return run
 
-    t_fft = _measure(runner(_fft), device, budget_s=0.05)
-    # Skip timing the backward of a direct conv whose forward alone loses by far (slow and pointless).
-    run_direct = runner(_direct)
-    if needs_grad:
-        t0 = time.perf_counter()
+    # Timed at the real batch: the FFT of the kernel is a fixed cost that a slice of the batch would overweight.
+    t_fft = _measure(runner(_fft, x), device, budget_s=0.1)
+    if device.type == 'cpu':
+        # A direct conv costs batch x one sample on CPU: skip timing one that cannot win (seconds for a
+        # 33x33 kernel at batch 64, more with its backward).
         with torch.no_grad():
-            _direct(x, weight, None, before)
-        _sync(device)
-        if time.perf_counter() - t0 > 2.0 * t_fft:
-            return 'fft'
-    t_direct = _measure(run_direct, device, budget_s=0.05)
+            one = x[:1].detach()
+            _direct(one, weight.detach(), None, before)
+            t0 = time.perf_counter()
+            _direct(one, weight.detach(), None, before)
+            if (time.perf_counter() - t0) * x.shape[0] > 2.0 * t_fft:
+                return 'fft'
+    t_direct = _measure(runner(_direct, x), device, budget_s=0.1)
     # Ties go to the direct path: it is exact to float rounding per output (an FFT spreads rounding over
     # the whole signal, e.g. ~1e-8 of the largest output leaks across the causal boundary).
     return 'fft' if t_fft < _FFT_MARGIN * t_direct else 'direct'
