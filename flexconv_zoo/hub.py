@@ -474,7 +474,8 @@ def render_model_card(
         ) for row in results] or None,
     )
     arch = name.split('.', 1)[0]
-    size_txt = 'x'.join(map(str, input_size[1:])) if not arch.startswith('flextcn') else str(input_size[-1])
+    size_txt = (f"{'x'.join(map(str, input_size[1:]))} px" if not arch.startswith('flextcn')
+                else f"sequence length {input_size[-1]}")
     test_txt = ''
     if test_input_size and tuple(test_input_size) != tuple(input_size):
         test_txt = (f" It is also evaluated at {'x'.join(map(str, test_input_size[1:]))} by resampling its continuous "
@@ -492,8 +493,9 @@ def render_model_card(
 {info.summary}
 
 A FlexConv model ({arch}, {num_params:,} parameters) from "FlexConv: Continuous Kernel Convolutions with
-Differentiable Kernel Sizes" (Romero, Bruintjes et al., ICLR 2022), implemented in
-[flexconv_zoo](https://github.com/rjbruin/flexconv) as a timm model. Trained at {size_txt}.{test_txt}
+Differentiable Kernel Sizes" (Romero, Bruintjes et al., ICLR 2022; original code:
+[rjbruin/flexconv](https://github.com/rjbruin/flexconv)), implemented as a timm model by the `flexconv_zoo`
+package. Trained at {size_txt}.{test_txt}
 
 ## Usage
 

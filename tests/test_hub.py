@@ -372,7 +372,9 @@ def test_published_hub_configs_folder(folder, tmp_path):
         out = tmp_path / f'validate_{row.input_size}'
         cmd = [sys.executable, str(REPO / 'scripts' / 'validate.py'), '--checkpoint', str(folder),
                '--data', row.dataset, '--split', row.split.split('[')[0], '--subset', str(row.num_samples),
-               '--img-size', str(row.input_size), '--device', 'cpu', '--output', str(out)]
+               '--device', 'cpu', '--output', str(out)]
+        if not folder.name.startswith('flextcn'):  # sequence models are evaluated at their training length
+            cmd += ['--img-size', str(row.input_size)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
         assert proc.returncode == 0, proc.stderr[-2000:]
         measured = [r for f in out.glob('*.json') for r in _find_rows(json.loads(f.read_text()), row.input_size)]

@@ -331,7 +331,18 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     }
 
 
+HUB_ORG = 'flexconv-zoo'
+
+
+def _mnist1d_cfg(name: str) -> Dict[str, Any]:
+    # MNIST-1D (Greydanus 2020): 10 classes of length-40, 1-channel sequences, generated offline by `mnist1d`.
+    return _cfg(hf_hub_id=f'{HUB_ORG}/{name}.mnist1d', input_size=(1, 1, 40), pool_size=(1, 40))
+
+
 default_cfgs = generate_default_cfgs({
+    'flextcn2.mnist1d': _mnist1d_cfg('flextcn2'),
+    'flextcn4.mnist1d': _mnist1d_cfg('flextcn4'),
+    'flextcn6.mnist1d': _mnist1d_cfg('flextcn6'),
     'flextcn2.untrained': _cfg(),
     'flextcn4.untrained': _cfg(),
     'flextcn6.untrained': _cfg(),
