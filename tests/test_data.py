@@ -163,7 +163,6 @@ def test_fashion_mnist_idx_files(tmp_path):
 
 
 def test_mnist1d_offline(tmp_path):
-    pytest.importorskip('mnist1d')
     splits = create_datasets('mnist1d', cache_dir=tmp_path, val_size=500)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (3500, 500, 1000)
     x, y = splits.train[0]
