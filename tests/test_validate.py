@@ -17,13 +17,7 @@ from flexconv_zoo.training import train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 
