@@ -20,10 +20,8 @@ of the per-round ratio and the minimum time of each side (the least disturbed by
 """
 import argparse
 import json
-import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys

@@ -30,7 +30,7 @@ The crop is a shape, so deciding it reads the mask parameters on the host. ``cro
 """
 import math
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn

@@ -14,7 +14,7 @@ The ablation baselines of the paper are selectable by name (:func:`create_kernel
 ``"magnet"``, ``"gabor"`` (MFN-Gabor, isotropic), ``"fourier"`` (MFN-Fourier), ``"siren"`` and ``"mlp"``.
 """
 import math
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 import torch.nn as nn
