@@ -329,10 +329,10 @@ def training_input_size(model: nn.Module) -> Tuple[int, ...]:
 
 
 def create_model_for_tag(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name)`` with the training size of the tag's cfg (``input_size``) as the kernel grid.
+    """``timm.create_model(name)`` for a known ``<model>.<tag>``, with a clear error for an unknown tag.
 
-    ``flexnet16.cifar10_16px_alias_free`` gets ``img_size=16``; a FlexTCN tag gets ``seq_len``. Use it to build
-    the model a weight is trained for (scripts/train.py) and to check a weight against its tag.
+    The model is built on the kernel grid of the tag's training resolution (its cfg's ``input_size``):
+    ``flexnet16.cifar10_16px_alias_free`` gets a 17-point grid, a FlexTCN tag its ``seq_len``.
     """
     import timm
     from timm.models import get_pretrained_cfg
@@ -342,12 +342,6 @@ def create_model_for_tag(name: str, pretrained: bool = False, **kwargs: Any) -> 
         cfg = None
     if cfg is None:
         raise ValueError(f"Unknown pretrained tag {name!r}; known: {pretrained_tags()}.")
-    size = cfg.input_size
-    if name.startswith('flextcn'):
-        kwargs.setdefault('seq_len', size[-1])
-    else:
-        kwargs.setdefault('img_size', tuple(size[-2:]))
-    kwargs.setdefault('in_chans', size[0])
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
