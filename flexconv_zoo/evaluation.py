@@ -95,15 +95,6 @@ def _weights_file(folder: Path) -> Optional[Path]:
     return None
 
 
-def _declare_source_size(model: nn.Module) -> None:
-    """Make the data config say the size the kernels are defined on (the weights' training size), so that
-    timm's pretrained filter does not move the kernel grid to a stale default size."""
-    if hasattr(model, 'seq_len'):
-        model.set_input_size(seq_len=int(model.seq_len))
-    elif hasattr(model, 'img_size') and hasattr(model, 'set_input_size'):
-        model.set_input_size(img_size=tuple(model.img_size))
-
-
 def load_weights(model: nn.Module, path: Path, strict_head: bool = True) -> List[str]:
     """Load a checkpoint file (this package's, timm's or the original FlexConv code's) into ``model``.
 
@@ -111,7 +102,6 @@ def load_weights(model: nn.Module, path: Path, strict_head: bool = True) -> List
     Returns the names of the parameters that were not in the checkpoint.
     """
     from .models import checkpoint_filter_fn
-    _declare_source_size(model)
     state_dict = checkpoint_filter_fn(_read_state_dict(Path(path)), model)
     own = model.state_dict()
     mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
