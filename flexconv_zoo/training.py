@@ -71,6 +71,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--smoothing', type=float, default=0.0, help="label smoothing")
     g.add_argument('--alias-free', type=float, nargs='?', const=0.1, default=0.0, metavar='WEIGHT',
                    help="add the alias-free regulariser (weight 0.1 when given without a value)")
+    g.add_argument('--alias-free-init', action='store_true',
+                   help="project the kernel nets onto the alias-free set of the training grid before training "
+                        "(model.band_limit_()), so the regulariser starts at zero")
     g.add_argument('--clip-grad', type=float, help="clip the gradient norm")
     g.add_argument('--grad-accum', type=int, default=1, help="gradient accumulation steps")
     g.add_argument('--ema', action='store_true', help="keep an EMA of the weights (timm ModelEmaV3)")
@@ -374,6 +377,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     splits = create_datasets(args.data, args.data_dir, val_size=args.val_size, seed=args.seed,
                              train_subset=args.train_subset, eval_subset=args.eval_subset)
     model, model_kwargs, input_kwargs = _build_model(args, splits)
+    if args.alias_free_init:
+        model.band_limit_()  # on the training grid; a resumed run then loads its own weights over it
     run_dir = _run_dir(args, accelerator, input_kwargs.get('img_size', input_kwargs.get('seq_len')))
     train_tf, eval_tf = _transforms(model, splits, augment=not args.no_augment)
     splits.set_transforms(train_tf, eval_tf)

@@ -217,6 +217,26 @@ def test_alias_free_penalty():
         timm.create_model('flexnet8', kernel_net='siren').alias_free_penalty()
 
 
+@pytest.mark.parametrize('kernel_net', ['magnet', 'gabor', 'fourier'])
+def test_band_limit_projects_onto_alias_free_set(kernel_net):
+    model = timm.create_model('flexnet8', img_size=16, kernel_net=kernel_net)
+    assert model.alias_free_penalty().item() > 0.1  # the paper's init is above a 17-point grid's Nyquist
+    x = torch.randn(2, 3, 16, 16)
+    model.eval()
+    before = model(x)
+    model.band_limit_()
+    assert model.alias_free_penalty().item() < 1e-9
+    for layer in model.flexconv_layers():
+        share = (17 - 1) / 4 / len(layer.kernel_net.filters)
+        assert layer.kernel_net.layer_frequencies().max().item() <= share * (1 + 2e-6)
+    assert not torch.allclose(model(x), before)  # the eval kernel cache saw the new parameters
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    model.band_limit_()  # a projection: feasible kernels stay as they are
+    assert all(torch.equal(params[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match='multiplicative filter'):
+        timm.create_model('flexnet8', kernel_net='siren').band_limit_()
+
+
 def test_set_mask_width_controls_kernel_sizes():
     model = timm.create_model('flexnet8')
     model.set_mask_width(0.5)

@@ -72,7 +72,7 @@ def test_two_process_cpu_run(tiny_data, tmp_path):
 
 def test_killed_run_resumes_to_same_weights(tiny_data, tmp_path):
     common = [*TINY, '--data', str(tiny_data), '--epochs', '3', '--output', str(tmp_path), '--alias-free',
-              '--ema', '--ema-decay', '0.9', '--checkpoint-every', '4']
+              '--alias-free-init', '--ema', '--ema-decay', '0.9', '--checkpoint-every', '4']
     full = train_main([*common, '--name', 'full'])
     paused = train_main([*common, '--name', 'part', '--stop-after-steps', '11'])  # mid-epoch 2 of 3
     assert paused['stopped'] and not (tmp_path / 'part' / 'model.safetensors').exists()

@@ -70,6 +70,16 @@ class GaborFilter(nn.Module):
         """Largest frequency (cycles per unit length) of this filter: ``max (|V| + 2 |gamma|) / 2 pi``."""
         return ((self.linear.weight.abs() + 2 * self.gamma.abs()) / (2 * math.pi)).max()
 
+    @torch.no_grad()
+    def band_limit_(self, max_frequency: float) -> None:
+        """Shrink ``V`` and ``gamma`` of every unit whose frequency exceeds ``max_frequency`` (same ratio for
+        both, so the unit keeps its shape and only gets smoother)."""
+        freq = (self.linear.weight.abs() + 2 * self.gamma.abs()) / (2 * math.pi)
+        # units within rounding of the limit are left alone, so that projecting twice changes nothing
+        factor = torch.where(freq > max_frequency * (1 + 1e-6), max_frequency / freq, torch.ones_like(freq))
+        self.linear.weight.mul_(factor)
+        self.gamma.mul_(factor if self.gamma.shape == factor.shape else factor.min(-1, keepdim=True).values)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         envelope = torch.exp(-0.5 * ((self.gamma * (x.unsqueeze(-2) - self.mu)) ** 2).sum(-1))
         return envelope * torch.sin(self.linear(x))
@@ -94,6 +104,12 @@ class FourierFilter(nn.Module):
 
     def max_frequency(self) -> torch.Tensor:
         return (self.linear.weight.abs() / (2 * math.pi)).max()
+
+    @torch.no_grad()
+    def band_limit_(self, max_frequency: float) -> None:
+        """Clamp every frequency of ``V`` to ``max_frequency`` (keeping its sign)."""
+        bound = 2 * math.pi * max_frequency
+        self.linear.weight.clamp_(-bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sin(self.linear(x))
@@ -148,6 +164,12 @@ class MultiplicativeFilterNet(nn.Module):
     def layer_frequencies(self) -> torch.Tensor:
         """Per-filter maximum frequency ``f_l`` used by the alias-free regulariser, shape ``(L+1,)``."""
         return torch.stack([f.max_frequency() for f in self.filters])
+
+    @torch.no_grad()
+    def band_limit_(self, max_frequency: float) -> None:
+        """Project every filter onto ``f_l <= max_frequency / (L+1)``, the alias-free regulariser's feasible set."""
+        for filt in self.filters:
+            filt.band_limit_(max_frequency / len(self.filters))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.filters[0](x)

@@ -28,6 +28,21 @@ class FlexConvModelMixin:
         return weight * sum(layer.frequency_penalty(include_mask) for layer in self.flexconv_layers())
 
     @torch.no_grad()
+    def band_limit_(self) -> None:
+        """Project every kernel net onto the alias-free set of its training grid (where
+        :meth:`alias_free_penalty` is zero) by smoothing the Gabor units that exceed their Nyquist share.
+
+        The paper's initialisation puts MAGNet frequencies 2-15x above that share on a 17-point grid, and
+        the penalty, which acts on one maximum per filter, takes hundreds of epochs to pull them all down;
+        ``train.py --alias-free-init`` projects once at initialisation so training starts alias-free.
+        """
+        for layer in self.flexconv_layers():
+            if not hasattr(layer.kernel_net, 'band_limit_'):
+                raise ValueError(f"band_limit_ needs a multiplicative filter kernel net (magnet, gabor, fourier), "
+                                 f"not {type(layer.kernel_net).__name__}.")
+            layer.kernel_net.band_limit_((min(layer.source_grid) - 1) / 4)
+
+    @torch.no_grad()
     def set_mask_width(self, sigma: float) -> None:
         """Set every Gaussian mask width to ``sigma`` (0.075 at init; >= 0.466 gives full-size kernels)."""
         for layer in self.flexconv_layers():
