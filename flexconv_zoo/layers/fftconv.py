@@ -14,8 +14,14 @@ Speed notes (measured, see ``scripts/benchmark.py`` and ``docs/PERFORMANCE.md``)
   ``n`` outputs we keep: ``N >= n + max(a, k - 1 - a)`` with ``a`` the offset of the first kept output in
   the full linear convolution, i.e. ``N >= n + k // 2`` for "same" and ``N >= n + k - 1`` for causal
   (48 instead of 64 for a 33x33 kernel on 32x32 inputs: 1.8x fewer frequencies in 2-D).
-* Channels are mixed per frequency with one complex ``bmm`` of ``(F, B, I) @ (F, I, O)``; ``einsum`` picked
-  a path that was 80x slower here on CPU, and its backward slower still.
+* The FFT path is one autograd Function (:class:`_FFTConv`) with a hand-written, exact backward: it keeps
+  only the real input and kernel and recomputes their spectra in the backward (autograd through the
+  composite ops kept every layer's input spectrum, 2.3x the input's bytes, and ran its ``rfftn`` backward as
+  a full complex FFT). Spectra are frequency-major ``(F, B, C)`` so that channels are mixed per frequency by
+  one complex ``bmm``; the kernel's "same"/causal offset is a phase on its spectrum, so every crop is a plain
+  slice; inverse transforms run column pass, crop, row pass (only the kept rows reach the second pass).
+  ``einsum`` picked a path that was 80x slower here on CPU. Under ``torch.compile``/export, FX tracing and on
+  the meta device the same function is computed from differentiable ops (:func:`_fft_reference`).
 * FFTs run in float32 (complex64) for half-precision inputs and under autocast.
 
 :func:`conv_nd` with ``method='auto'`` picks the faster path by measuring both once per device and shape
@@ -142,65 +148,170 @@ def conv_direct(
     return _direct(x, weight, bias, before)
 
 
-class _FrequencyMix(torch.autograd.Function):
-    """``(F, B, I) @ (F, I, O)`` complex batched matmul with contiguous operands in both passes.
+def _phase(fft_shape: Sequence[int], shift: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``exp(2 pi i sum_d f_d s_d / N_d)`` on the rfft grid of ``fft_shape``, shaped ``(*freq, 1, 1)``: times a
+    spectrum, it shifts the signal back circularly by ``shift`` (sample ``shift`` moves to index 0)."""
+    key = (tuple(fft_shape), tuple(shift), device, dtype)
+    phase = _PHASE_CACHE.get(key)
+    if phase is None:
+        angle = torch.zeros((), dtype=torch.float64)
+        for d, (n, s) in enumerate(zip(fft_shape, shift)):
+            f = torch.arange(n // 2 + 1 if d == len(fft_shape) - 1 else n, dtype=torch.float64)
+            angle = angle[..., None] + f * (2 * math.pi * s / n)
+        phase = torch.polar(torch.ones_like(angle), angle).to(device=device, dtype=dtype)
+        phase = phase.view(*phase.shape, 1, 1)
+        if not torch.compiler.is_compiling() and device.type != 'meta':
+            _PHASE_CACHE[key] = phase
+    return phase
 
-    Autograd's own bmm backward multiplies by lazily conjugated, transposed views; on CPU that fell back to
-    a per-frequency loop (thousands of small copies) and made the backward 20x slower than the forward.
+
+_PHASE_CACHE: Dict[tuple, torch.Tensor] = {}
+
+
+def _rfft_fm(t: torch.Tensor, fft_shape: Sequence[int], shift: Optional[Sequence[int]] = None,
+             conj: bool = False) -> torch.Tensor:
+    """Real FFT of ``t`` ``(A, C, *sizes)`` zero-padded to ``fft_shape``, frequency-major: ``(*freq, A, C)``.
+
+    ``shift``: the spectrum of ``t`` shifted back circularly (sample ``shift`` at index 0); ``conj``: the
+    complex conjugate. Both are applied by the one transposing copy that makes the result frequency-major.
+    (Measured on CPU/MKL: a multi-dimensional ``rfftn`` plus this copy beat row-column variants that transpose
+    between the passes; MKL writes a complex FFT's output with the transformed axis innermost.)
+    """
+    dim = len(fft_shape)
+    z = torch.fft.rfftn(t, s=fft_shape, dim=tuple(range(2, 2 + dim)))
+    src = z.permute(*range(2, 2 + dim), 0, 1)
+    out = torch.empty(src.shape, dtype=z.dtype, device=z.device)
+    if shift is not None and any(shift):
+        torch.mul(src, _phase(fft_shape, shift, z.device, z.dtype), out=out)
+    elif conj:
+        torch.conj_physical(src, out=out)
+    else:
+        out.copy_(src)
+    return out
+
+
+def _irfft_fm(spec: torch.Tensor, fft_shape: Sequence[int], sizes: Sequence[int], conj: bool = False,
+              bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Inverse of :func:`_rfft_fm`: ``(*freq, A, C)`` -> real ``(A, C, *sizes)`` (the first ``sizes`` samples),
+    of ``conj(spec)`` if ``conj``, plus ``bias`` per channel ``C``. ``spec`` may be overwritten."""
+    dim = len(fft_shape)
+    if dim == 2:
+        if conj:  # ifft(conj(s)) = conj(fft(s)) / n1
+            v = torch.fft.fft(spec, dim=0, norm='forward')[:sizes[0]].conj_physical_()
+        else:
+            v = torch.fft.ifft(spec, dim=0)[:sizes[0]]  # only the kept rows go through the second pass
+    else:
+        v = spec.conj_physical_() if conj else spec
+    y = torch.fft.irfft(v, n=fft_shape[-1], dim=dim - 1)  # (*rows, n_last, A, C)
+    y = y[(slice(None),) * (dim - 1) + (slice(0, sizes[-1]),)]
+    view = y.permute(dim, dim + 1, *range(dim))
+    out = torch.empty(view.shape, dtype=y.dtype, device=y.device)
+    if bias is not None:
+        torch.add(view, bias.view(-1, *([1] * dim)), out=out)
+    else:
+        out.copy_(view)
+    return out
+
+
+class _FFTConv(torch.autograd.Function):
+    """Stride-1 correlation through real FFTs, forward and backward written out.
+
+    Circular correlation of length ``N`` (``fft_length``) with the input at ``[0, n)`` and the kernel shifted
+    back by ``before`` (tap ``before`` at index 0): its first ``n`` outputs are the result, so every crop is a
+    plain slice. Channels are mixed per frequency, frequency-major so that the batched matmuls read contiguous
+    matrices: ``Y = X @ K^H`` with ``X`` ``(F, B, I)`` and ``K`` ``(F, O, I)``. The backward is the exact
+    adjoint (``G = rfft(grad_y)``):
+
+    * ``grad_x = irfft(G @ K)`` cropped to the input;
+    * ``grad_w = irfft(conj(phase * (G^T @ conj(X))))`` cropped to the kernel (``G^H @ X`` is the gradient of
+      the shifted kernel's spectrum; it is formed as the conjugate of ``G^T @ conj(X)``, the conjugation
+      folded into the transposing copy of ``X``, because a conjugate-transposed first operand made ``bmm``
+      copy it).
+
+    Only the real input and kernel are kept for the backward; their spectra are recomputed there: keeping
+    the input spectrum would hold 2.3x the input's bytes per layer until the backward.
     """
 
     @staticmethod
-    def forward(ctx, xm: torch.Tensor, wm: torch.Tensor) -> torch.Tensor:
-        xm, wm = xm.contiguous(), wm.contiguous()
-        ctx.save_for_backward(xm, wm)
-        return torch.bmm(xm, wm)
+    def forward(ctx, x, w, bias, fft_shape, before):
+        b, o = x.shape[0], w.shape[0]
+        xm = _rfft_fm(x, fft_shape)
+        km = _rfft_fm(w, fft_shape, shift=before)
+        freq = xm.shape[:-2]
+        ym = torch.bmm(xm.view(-1, *xm.shape[-2:]), km.view(-1, *km.shape[-2:]).transpose(1, 2).conj())
+        del xm, km
+        y = _irfft_fm(ym.view(*freq, b, o), fft_shape, x.shape[2:], bias=bias)
+        ctx.save_for_backward(x, w)
+        ctx.fft_shape, ctx.before, ctx.has_bias = fft_shape, before, bias is not None
+        return y
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        xm, wm = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(grad, wm.transpose(1, 2).conj().resolve_conj())
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.bmm(xm.transpose(1, 2).conj().resolve_conj(), grad)
-        return grad_x, grad_w
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, w = ctx.saved_tensors
+        fft_shape, before = ctx.fft_shape, ctx.before
+        dim = w.dim() - 2
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if need_x or need_w:
+            gm = _rfft_fm(grad_y.contiguous(), fft_shape)
+            freq = gm.shape[:-2]
+            gm = gm.view(-1, *gm.shape[-2:])  # (F, B, O)
+            if need_x:
+                km = _rfft_fm(w, fft_shape, shift=before).view(gm.shape[0], *w.shape[:2])
+                gx = torch.bmm(gm, km)  # (F, B, I)
+                del km
+                grad_x = _irfft_fm(gx.view(*freq, *x.shape[:2]), fft_shape, x.shape[2:])
+                del gx
+            if need_w:
+                xc = _rfft_fm(x, fft_shape, conj=True).view(gm.shape[0], *x.shape[:2])
+                q = torch.bmm(gm.transpose(1, 2), xc)  # (F, O, I) = G^T conj(X)
+                del xc, gm
+                q = q.view(*freq, *w.shape[:2])
+                if any(before):
+                    q.mul_(_phase(fft_shape, before, q.device, q.dtype))
+                grad_w = _irfft_fm(q, fft_shape, w.shape[2:], conj=True)
+        if need_b and ctx.has_bias:
+            grad_b = grad_y.sum(dim=(0, *range(2, 2 + dim)))
+        return grad_x, grad_w, grad_b, None, None
 
 
-def _mix_channels(x_f: torch.Tensor, w_f: torch.Tensor) -> torch.Tensor:
-    """``y[b, o, f] = sum_i x[b, i, f] * w[o, i, f]`` as one batched matmul over frequencies."""
+def _fft_reference(x, weight, bias, fft_shape, before, sizes, ks):
+    """Composite of differentiable ops (the compiler's path): same function as :class:`_FFTConv`."""
+    dim = weight.dim() - 2
+    dims = tuple(range(2, 2 + dim))
+    x_f = torch.fft.rfftn(x, s=fft_shape, dim=dims)
+    w_f = torch.fft.rfftn(weight.flip(dims), s=fft_shape, dim=dims)
     b, i = x_f.shape[:2]
     o = w_f.shape[0]
     freq_shape = x_f.shape[2:]
-    xm = x_f.reshape(b, i, -1).permute(2, 0, 1)  # (F, B, I)
-    wm = w_f.reshape(o, i, -1).permute(2, 1, 0)  # (F, I, O)
-    if torch.compiler.is_compiling():
-        y = torch.bmm(xm.contiguous(), wm.contiguous())  # let the compiler own the backward
-    else:
-        y = _FrequencyMix.apply(xm, wm)
-    return y.permute(1, 2, 0).reshape(b, o, *freq_shape)
+    xm = x_f.reshape(b, i, -1).permute(2, 0, 1).contiguous()  # (F, B, I)
+    wm = w_f.reshape(o, i, -1).permute(2, 1, 0).contiguous()  # (F, I, O)
+    y_f = torch.bmm(xm, wm).permute(1, 2, 0).reshape(b, o, *freq_shape)
+    y = torch.fft.irfftn(y_f, s=fft_shape, dim=dims)
+    index = [slice(None), slice(None)]
+    for n, k, bf in zip(sizes, ks, before):
+        index.append(slice(k - 1 - bf, k - 1 - bf + n))
+    y = y[tuple(index)]
+    if bias is not None:
+        y = y + bias.view(1, -1, *([1] * dim))
+    return y
 
 
 def _fft(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], before: Sequence[int]):
     dim = weight.dim() - 2
     out_dtype = torch.result_type(x, weight)
     compute_dtype = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
-    dims = tuple(range(2, 2 + dim))
     sizes, ks = x.shape[2:], weight.shape[2:]
     fft_shape = [fft_length(n, k, b) for n, k, b in zip(sizes, ks, before)]
     # keep FFTs and the complex matmul in float32 (the meta device has no autocast state)
     with torch.autocast(x.device.type, enabled=False) if x.device.type != 'meta' else contextlib.nullcontext():
         x, weight = x.to(compute_dtype), weight.to(compute_dtype)
-        # A linear convolution with the flipped kernel is the cross-correlation F.conv computes.
-        x_f = torch.fft.rfftn(x, s=fft_shape, dim=dims)
-        w_f = torch.fft.rfftn(weight.flip(dims), s=fft_shape, dim=dims)
-        y = torch.fft.irfftn(_mix_channels(x_f, w_f), s=fft_shape, dim=dims)
-        index = [slice(None), slice(None)]
-        for n, k, b in zip(sizes, ks, before):
-            index.append(slice(k - 1 - b, k - 1 - b + n))
-        y = y[tuple(index)]
-        if bias is not None:
-            y = y + bias.to(compute_dtype).view(1, -1, *([1] * dim))
+        bias = bias.to(compute_dtype) if bias is not None else None
+        if torch.compiler.is_compiling() or x.is_meta or _is_fx_tracing():
+            y = _fft_reference(x, weight, bias, fft_shape, before, sizes, ks)  # let the compiler own the backward
+        else:
+            y = _FFTConv.apply(x.contiguous(), weight.contiguous(), bias, tuple(fft_shape), tuple(before))
     return y.to(out_dtype)
 
 
