@@ -299,7 +299,6 @@ def _fft_reference(x, weight, bias, fft_shape, before, sizes, ks):
 
 
 def _fft(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], before: Sequence[int]):
-    dim = weight.dim() - 2
     out_dtype = torch.result_type(x, weight)
     compute_dtype = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
     sizes, ks = x.shape[2:], weight.shape[2:]
