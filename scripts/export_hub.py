@@ -40,8 +40,8 @@ def _validate(run: Path, data: str, img_sizes: Sequence[int], subset: Optional[i
 
 def _recipe(run: Path) -> List[str]:
     args = json.loads((run / 'args.json').read_text())
-    keys = ('model', 'data', 'img_size', 'epochs', 'batch_size', 'opt', 'lr', 'mask_lr_scale', 'weight_decay',
-            'sched', 'warmup_epochs', 'min_lr', 'smoothing', 'alias_free', 'ema', 'mixed_precision', 'val_size',
+    keys = ('model', 'initial_checkpoint', 'source_img_size', 'data', 'img_size', 'epochs', 'batch_size', 'opt', 'lr', 'mask_lr_scale', 'weight_decay',
+            'sched', 'warmup_epochs', 'min_lr', 'smoothing', 'alias_free', 'alias_free_init', 'ema', 'mixed_precision', 'val_size',
             'train_subset', 'seed')
     return [f"{k} = {args[k]}" for k in keys if k in args and args[k] not in (None, False)]
 
