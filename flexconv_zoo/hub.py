@@ -544,6 +544,7 @@ def write_hub_folder(
         test_input_size: Optional[Sequence[int]] = None,
         repo_id: Optional[str] = None,
         overwrite: bool = False,
+        label_names: Optional[Sequence[str]] = None,
 ) -> Path:
     """Write ``folder`` = the Hub repo of a trained ``model``: config.json, model.safetensors, README.md, reference.
 
@@ -558,6 +559,8 @@ def write_hub_folder(
             16 px alias-free model); stored as ``test_input_size`` and used for a second reference.
         repo_id: Hub repo, default ``flexconv-zoo/<name>``.
         overwrite: Replace an existing folder's files.
+        label_names: Class names stored in config.json (timm reads them into ``pretrained_cfg['label_names']``);
+            default: the model's own, when they match its number of classes.
     """
     from timm.models import save_for_hf
     folder = Path(folder)
@@ -577,7 +580,7 @@ def write_hub_folder(
     folder.mkdir(parents=True, exist_ok=True)
     save_for_hf(
         model, folder, safe_serialization=True, model_args=_construction_args(model), data_config=data_config,
-        model_config=dict(pretrained_cfg=dict(architecture=arch, tag=tag)),
+        model_config=dict(pretrained_cfg=dict(architecture=arch, tag=tag), **_label_config(model, label_names)),
     )
     config = json.loads((folder / CONFIG_NAME).read_text())
     config['architecture'] = arch
@@ -590,6 +593,15 @@ def write_hub_folder(
     card = render_model_card(name, repo_id, info, results, input_size, test_input_size, num_params, kernel_sizes)
     (folder / CARD_NAME).write_text(card, encoding='utf-8')
     return folder
+
+
+def _label_config(model: nn.Module, label_names: Optional[Sequence[str]]) -> Dict[str, Any]:
+    names = label_names if label_names is not None else model.pretrained_cfg.get('label_names')
+    if not names:
+        return {}
+    if len(names) != model.num_classes:
+        raise ValueError(f"{len(names)} label names for a model with {model.num_classes} classes.")
+    return dict(label_names=list(names))
 
 
 # ---------------------------------------------------------------------------------------------- validation

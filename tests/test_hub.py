@@ -294,6 +294,10 @@ def test_written_folder_is_complete_and_validates(small_folder):
     assert config['architecture'] == 'flexnet8'
     assert config['model_args']['img_size'] == [32, 32] and config['model_args']['widths'] == [24, 36, 48]
     assert config['pretrained_cfg']['input_size'] == [3, 32, 32]
+    assert 'label_names' not in config  # the fixture model has no class names; none are invented
+    with pytest.raises(ValueError, match='3 label names'):
+        write_hub_folder(small_folder[0], folder.parent / 'labels', name='flexnet8.test', info=None, results=[],
+                         label_names=['a', 'b', 'c'])
     card = ModelCard.load(folder / 'README.md')
     meta = card.data.to_dict()
     assert meta['license'] == 'mit' and meta['library_name'] == 'timm'
@@ -366,6 +370,10 @@ def test_published_hub_configs_folder(folder, tmp_path):
     assert folder.name in pretrained_tags(), f'add a default_cfgs entry with hf_hub_id for {folder.name}'
     cfg = timm.models.get_pretrained_cfg(folder.name)
     assert cfg.hf_hub_id.endswith('/' + folder.name)
+    # class names travel with the weights (timm reads config.json's label_names) and agree with the tag's cfg
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert list(loaded.pretrained_cfg['label_names']) == list(cfg.label_names)
+    assert len(cfg.label_names) == loaded.num_classes
     samples = [r for r in read_card_results(folder) if 0 < r.num_samples <= 512]
     assert samples, 'the card has no CI-sample row (a result on <= 512 test samples) to re-measure'
     for row in samples:

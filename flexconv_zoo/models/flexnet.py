@@ -24,6 +24,7 @@ from timm.layers import ClassifierHead, get_device_dtype, register_notrace_modul
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from ..data.datasets import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from ..layers import FlexConv1d, FlexConv2d, FlexConvNd
 from ._base import FlexConvModelMixin, check_image_input, pretrained_input_size, resample_to, sync_cfg_input_size
 from ._checkpoint import checkpoint_filter_fn
@@ -34,8 +35,6 @@ __all__ = ['FlexNet', 'FlexNetBlock']
 for _cls in (FlexConvNd, FlexConv1d, FlexConv2d):
     register_notrace_module(_cls)
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 class FlexNetBlock(nn.Module):
@@ -296,9 +295,9 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 HUB_ORG = 'flexconv-zoo'
 
 default_cfgs = generate_default_cfgs({
-    'flexnet16.cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/flexnet16.cifar10'),
+    'flexnet16.cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/flexnet16.cifar10', label_names=CIFAR10_CLASSES),
     'flexnet16.cifar10_16px_alias_free': _cfg(
-        hf_hub_id=f'{HUB_ORG}/flexnet16.cifar10_16px_alias_free',
+        hf_hub_id=f'{HUB_ORG}/flexnet16.cifar10_16px_alias_free', label_names=CIFAR10_CLASSES,
         input_size=(3, 16, 16), pool_size=(16, 16), test_input_size=(3, 32, 32)),
     'flexnet12.untrained': _cfg(),
     'flexnet8.untrained': _cfg(),

@@ -335,7 +335,8 @@ HUB_ORG = 'flexconv-zoo'
 
 def _mnist1d_cfg(name: str) -> Dict[str, Any]:
     # MNIST-1D (Greydanus 2020): 10 classes of length-40, 1-channel sequences, generated offline by `mnist1d`.
-    return _cfg(hf_hub_id=f'{HUB_ORG}/{name}.mnist1d', input_size=(1, 1, 40), pool_size=(1, 40))
+    return _cfg(hf_hub_id=f'{HUB_ORG}/{name}.mnist1d', input_size=(1, 1, 40), pool_size=(1, 40),
+                label_names=tuple(str(digit) for digit in range(10)))
 
 
 default_cfgs = generate_default_cfgs({
