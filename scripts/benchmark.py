@@ -4,13 +4,17 @@
     python scripts/benchmark.py                       # CPU, batch 64, 32 px, all models, ~3-5 min on 2 cores
     python scripts/benchmark.py --quick               # flexnet16 only, ~1 min
     python scripts/benchmark.py --device cuda --amp   # GPU, bf16 autocast
+    python scripts/benchmark.py --threads 1 --sections memory --json mem.json   # the memory section alone
 
 Sections (each row: FlexConv time / baseline time, both timed in this process, interleaved round by round):
   models    train step (forward + backward + Adam) and eval forward vs a CIFAR ResNet-44 (0.66M params) and vs
             the same network with fixed kernels of the cropped sizes; initial mask widths and trained widths
             (``set_mask_width``: 0.5 -> 33x33 for FlexNet, 1.0 -> the whole sequence for FlexTCN).
   memory    peak memory of a training step above the resting state (CUDA: max_memory_allocated; CPU: RSS of a
-            fresh subprocess sampled every 0.5 ms over the first two steps) vs ResNet-44.
+            fresh subprocess sampled every 0.5 ms over the first two steps) vs ResNet-44, without and with
+            ``model.set_grad_checkpointing(True)`` (timm's checkpoint_seq over the blocks; ``--no-grad-ckpt``
+            drops those rows), plus the training step time of the same configurations vs ResNet-44, timed
+            interleaved in this process.
   layers    one FlexConv2d (kernel net + mask + conv) vs nn.Conv2d at the same kernel size, training step.
   dispatch  the automatic FFT/direct choice vs the faster of the two measured here, 2-D kernels 3..33 and
             1-D causal kernels as long as the sequence.
@@ -106,7 +110,7 @@ def make_input(name: str, args, device) -> torch.Tensor:
     return x.to(memory_format=torch.channels_last) if args.channels_last else x
 
 
-def build(name: str, args, device, sigma: Optional[float]) -> nn.Module:
+def build(name: str, args, device, sigma: Optional[float], grad_ckpt: bool = False) -> nn.Module:
     if name == 'resnet44':
         model = cifar_resnet44(num_classes=10)
     elif name.startswith('flextcn'):
@@ -115,6 +119,8 @@ def build(name: str, args, device, sigma: Optional[float]) -> nn.Module:
         model = timm.create_model(name, num_classes=10, img_size=args.img_size)
     if sigma is not None:
         model.set_mask_width(sigma)
+    if grad_ckpt:
+        model.set_grad_checkpointing(True)
     model = model.to(device)
     if args.channels_last and not name.startswith('flextcn'):
         model = model.to(memory_format=torch.channels_last)
@@ -206,11 +212,11 @@ def _fmt_sizes(sizes) -> str:
 _MEMORY_CHILD = '--memory-child'
 
 
-def peak_memory(name: str, sigma: Optional[float], args, device) -> float:
+def peak_memory(name: str, sigma: Optional[float], args, device, grad_ckpt: bool = False) -> float:
     """Peak memory (MiB) above the model at rest during its first two training steps."""
     if device.type == 'cuda':
         x = make_input(name, args, device)
-        model = build(name, args, device, sigma)
+        model = build(name, args, device, sigma, grad_ckpt)
         step = train_step_fn(model, x, args)
         step()
         torch.cuda.synchronize()
@@ -220,19 +226,22 @@ def peak_memory(name: str, sigma: Optional[float], args, device) -> float:
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
     # CPU: the RSS high-water mark is per process, so measure each model in a fresh one.
-    cmd = [sys.executable, os.path.abspath(__file__), _MEMORY_CHILD, name, str(sigma),
-           '--batch-size', str(args.batch_size), '--img-size', str(args.img_size), '--seq-len', str(args.seq_len)]
+    cmd = [sys.executable, os.path.abspath(__file__), _MEMORY_CHILD, name, str(sigma), str(int(grad_ckpt)),
+           '--batch-size', str(args.batch_size), '--img-size', str(args.img_size), '--seq-len', str(args.seq_len),
+           '--threads', str(args.threads)]
     cmd += ['--amp'] if args.amp else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return float(out)
 
 
 def _memory_child(argv: List[str]) -> None:
-    name, sigma = argv[0], None if argv[1] == 'None' else float(argv[1])
-    args = parse_args(argv[2:])
+    name, sigma, grad_ckpt = argv[0], None if argv[1] == 'None' else float(argv[1]), argv[2] == '1'
+    args = parse_args(argv[3:])
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device('cpu')
     x = make_input(name, args, device)
-    model = build(name, args, device, sigma)
+    model = build(name, args, device, sigma, grad_ckpt)
     step = train_step_fn(model, x, args)
     # Measured from the model at rest: freed memory stays in the process, so a warm-up step would hide the
     # peak. No autotuning here (its timing runs would count): the fixed table decides, as under compile.
@@ -270,15 +279,38 @@ def _rss_mib() -> float:
 
 
 def bench_memory(args, device) -> List[Dict]:
+    """Peak training memory vs ResNet-44, without and with gradient checkpointing, and the step time it costs.
+
+    Memory: one fresh measurement per configuration (a subprocess on CPU). Time: ResNet-44, the plain model and
+    the checkpointed one, interleaved round by round in this process (same protocol as the models section).
+    """
     rows = []
     base = peak_memory('resnet44', None, args, device)
+    x_img = make_input('flexnet', args, device)
+    base_train = train_step_fn(build('resnet44', args, device, None), x_img, args)
     for name in args.memory_models:
         family = 'flextcn' if name.startswith('flextcn') else 'flexnet'
+        ckpts = (False, True) if args.grad_ckpt else (False,)
         for regime, sigma in (('initial', None), ('trained', TRAINED_SIGMA[family])):
-            mib = peak_memory(name, sigma, args, device)
-            rows.append(dict(model=name, regime=regime, peak_mib=mib, resnet44_peak_mib=base, vs_resnet44=mib / base))
-            print(f"  {name:10s} {regime:8s} peak {mib:8.1f} MiB = {mib / base:.2f}x ResNet-44 ({base:.1f} MiB)",
-                  flush=True)
+            x = make_input(name, args, device)
+            steps = {'resnet44': base_train}
+            for ckpt in ckpts:
+                steps[ckpt] = train_step_fn(build(name, args, device, sigma, ckpt), x, args)
+            times = compare(steps, device, args.rounds)
+            del steps
+            for ckpt in ckpts:
+                mib = peak_memory(name, sigma, args, device, ckpt)
+                row = dict(model=name, regime=regime, grad_checkpointing=ckpt, peak_mib=mib, resnet44_peak_mib=base,
+                           vs_resnet44=mib / base, train_s=times[ckpt]['min_s'],
+                           resnet44_train_s=times['resnet44']['min_s'], train_vs_resnet44=times[ckpt]['ratio'])
+                if ckpt:
+                    plain = rows[-1]
+                    row.update(peak_vs_plain=mib / plain['peak_mib'],
+                               train_vs_plain=times[ckpt]['ratio'] / times[False]['ratio'])
+                rows.append(row)
+                print(f"  {name:10s} {regime:8s} {'grad ckpt' if ckpt else 'plain':9s} peak {mib:8.1f} MiB = "
+                      f"{mib / base:.2f}x ResNet-44 ({base:.1f} MiB) | train {row['train_s']:.3f}s = "
+                      f"{row['train_vs_resnet44']:.2f}x ResNet-44 ({row['resnet44_train_s']:.3f}s)", flush=True)
     return rows
 
 
@@ -366,27 +398,30 @@ def bench_dispatch(args, device) -> List[Dict]:
 
 # ---------------------------------------------------------------------------------------------- main
 def print_tables(result: Dict) -> None:
-    if not result.get('models'):
-        result['models'] = []
-    print('\n## Models: training step (fwd+bwd+Adam) and eval forward, ratios in the same run')
-    print('| model | regime | kernels | train step | vs ResNet-44 | img/s | eval vs ResNet-44 '
-          '| eval cached vs fixed kernels | eval uncached / cached |')
-    print('|---|---|---|---|---|---|---|---|---|')
-    for r in result['models']:
-        print(f"| {r['model']} | {r['regime']} | {_fmt_sizes([tuple(s) for s in r['kernel_sizes']])} | "
-              f"{r['train_s'] * 1e3:.0f} ms | {r['train_vs_resnet44']:.2f}x | "
-              f"{r['images_per_s']:.0f} | {r['eval_vs_resnet44']:.2f}x | {r['eval_vs_fixed']:.2f}x | "
-              f"{r['eval_uncached_vs_cached']:.2f}x |")
-    if result['models']:
+    if result.get('models'):
+        print('\n## Models: training step (fwd+bwd+Adam) and eval forward, ratios in the same run')
+        print('| model | regime | kernels | train step | vs ResNet-44 | img/s | eval vs ResNet-44 '
+              '| eval cached vs fixed kernels | eval uncached / cached |')
+        print('|---|---|---|---|---|---|---|---|---|')
+        for r in result['models']:
+            print(f"| {r['model']} | {r['regime']} | {_fmt_sizes([tuple(s) for s in r['kernel_sizes']])} | "
+                  f"{r['train_s'] * 1e3:.0f} ms | {r['train_vs_resnet44']:.2f}x | "
+                  f"{r['images_per_s']:.0f} | {r['eval_vs_resnet44']:.2f}x | {r['eval_vs_fixed']:.2f}x | "
+                  f"{r['eval_uncached_vs_cached']:.2f}x |")
         r = result['models'][0]
         print(f"ResNet-44 (0.66M params): train step {r['resnet44_train_s'] * 1e3:.0f} ms, "
               f"{r['resnet44_images_per_s']:.0f} img/s")
     if result.get('memory'):
-        print('\n## Peak training memory')
-        print('| model | regime | peak MiB | vs ResNet-44 |')
-        print('|---|---|---|---|')
+        print('\n## Peak training memory and train step, without / with grad checkpointing, vs ResNet-44 '
+              'in the same run')
+        print('| model | regime | peak MiB | peak vs ResNet-44 | train step | step vs ResNet-44 |')
+        print('|---|---|---|---|---|---|')
         for r in result['memory']:
-            print(f"| {r['model']} | {r['regime']} | {r['peak_mib']:.0f} | {r['vs_resnet44']:.2f}x |")
+            print(f"| {r['model']}{' + grad checkpointing' if r['grad_checkpointing'] else ''} | {r['regime']} | "
+                  f"{r['peak_mib']:.0f} | {r['vs_resnet44']:.2f}x | {r['train_s'] * 1e3:.0f} ms | "
+                  f"{r['train_vs_resnet44']:.2f}x |")
+        r = result['memory'][0]
+        print(f"ResNet-44: peak {r['resnet44_peak_mib']:.0f} MiB, train step {r['resnet44_train_s'] * 1e3:.0f} ms")
     if result.get('layers'):
         print(f"\n## One layer, training step (batch {result['layers'][0]['batch']}): FlexConv2d vs nn.Conv2d "
               "of the same kernel size ('>=': nn.Conv2d forward alone, a lower bound)")
@@ -414,11 +449,14 @@ def parse_args(argv=None):
     p.add_argument('--seq-len', type=int, default=1000, help='FlexTCN input length (kernel grid)')
     p.add_argument('--models', default=','.join(IMAGE_MODELS + SEQ_MODELS))
     p.add_argument('--memory-models', default='flexnet16', help="models for the memory section ('' for none)")
+    p.add_argument('--no-grad-ckpt', dest='grad_ckpt', action='store_false',
+                   help='memory section: skip the rows with model.set_grad_checkpointing(True)')
     p.add_argument('--rounds', type=int, default=3, help='interleaved timing rounds per row')
     p.add_argument('--compile', action='store_true', help='torch.compile every model (baselines too)')
     p.add_argument('--amp', action='store_true', help='bf16 autocast (FFTs stay float32)')
     p.add_argument('--channels-last', action='store_true')
-    p.add_argument('--sections', default='models,memory,layers,dispatch')
+    p.add_argument('--sections', default='models,memory,layers,dispatch',
+                   help="comma-separated subset to run, e.g. '--sections memory' for the memory table alone")
     p.add_argument('--quick', action='store_true', help='flexnet16 only, fewer rounds and dispatch sizes (~1 min)')
     p.add_argument('--full', action='store_true', help='every dispatch size up to 16,000 steps, all rounds')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave the default)')
