@@ -135,6 +135,7 @@ class FlexConvNd(nn.Module):
         self._positions: Dict[tuple, torch.Tensor] = {}  # constant grids, per (window, device, dtype)
         self._lag_buffer: Optional[torch.Tensor] = None  # host copy of (mean, sigma, overflow) per dim
         self._lag_event = None
+        self._lag_window = None  # (mask parameter versions, grid) -> window of the last lagged forward
         self._lag_margin = 1.0  # in grid steps (centred) / fraction of 1 % of the domain (causal), doubles
         self.register_load_state_dict_post_hook(lambda module, incompatible: module.clear_kernel_cache())
 
@@ -174,6 +175,7 @@ class FlexConvNd(nn.Module):
         self._positions = {}
         self._lag_buffer = None
         self._lag_event = None
+        self._lag_window = None
 
     def _apply(self, fn, *args, **kwargs):
         # .to(device/dtype), .cuda(), .half(): every cached tensor lives on the old device or dtype.
@@ -236,7 +238,20 @@ class FlexConvNd(nn.Module):
             return ind, torch.stack(overflow).to(torch.float32)
 
     def _lagged_window(self, grid: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-        """Bucketed crop from a copy of the mask parameters made one forward earlier (no device sync)."""
+        """Bucketed crop from a copy of the mask parameters made one forward earlier (no device sync).
+
+        Until the mask parameters change, every forward reuses the last window: a gradient-checkpointing
+        recomputation must see the crop of its original forward, not the copy that forward has since recorded.
+        """
+        mask = self.mask
+        key = (tuple(grid), *((p.data_ptr(), p._version) for p in (mask.mean, mask.sigma)))
+        if self._lag_window is not None and self._lag_window[0] == key:
+            return self._lag_window[1]
+        window = self._read_lagged_window(grid)
+        self._lag_window = (key, window)
+        return window
+
+    def _read_lagged_window(self, grid: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
         mask = self.mask
         buf, event = self._lag_buffer, self._lag_event
         if buf is None:
