@@ -79,6 +79,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--ema', action='store_true', help="keep an EMA of the weights (timm ModelEmaV3)")
     g.add_argument('--ema-decay', type=float, default=0.999)
     g.add_argument('--mixed-precision', default='no', choices=('no', 'bf16', 'fp16'))
+    g.add_argument('--grad-checkpointing', action='store_true',
+                   help="recompute each block in the backward (model.set_grad_checkpointing): less memory, slower "
+                        "steps; as with any checkpointed BN network, BN statistics see each batch twice")
     g.add_argument('--cpu', action='store_true', help="train on the CPU even when a GPU is present")
     g.add_argument('--seed', type=int, default=0)
     g.add_argument('--autotune', action='store_true',
@@ -379,6 +382,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     model, model_kwargs, input_kwargs = _build_model(args, splits)
     if args.alias_free_init:
         model.band_limit_()  # on the training grid; a resumed run then loads its own weights over it
+    model.set_grad_checkpointing(args.grad_checkpointing)
     run_dir = _run_dir(args, accelerator, input_kwargs.get('img_size', input_kwargs.get('seq_len')))
     train_tf, eval_tf = _transforms(model, splits, augment=not args.no_augment)
     splits.set_transforms(train_tf, eval_tf)

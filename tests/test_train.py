@@ -90,6 +90,18 @@ def test_killed_run_resumes_to_same_weights(tiny_data, tmp_path):
     assert resumed['test']['top1'] == pytest.approx(full['test']['top1'])
 
 
+def test_grad_checkpointing_trains_the_same_parameters(tiny_data, tmp_path):
+    common = [*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path)]
+    train_main([*common, '--name', 'plain'])
+    train_main([*common, '--name', 'ckpt', '--grad-checkpointing'])
+    plain, ckpt = (_weights(tmp_path / n / 'model.safetensors') for n in ('plain', 'ckpt'))
+    params = [k for k in plain if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))]
+    assert _max_diff({k: plain[k] for k in params}, {k: ckpt[k] for k in params}) <= 1e-6
+    # PyTorch's checkpointing runs each block's forward twice in training, so BN statistics see every batch twice
+    tracked = [k for k in plain if k.endswith('num_batches_tracked')]
+    assert tracked and all(ckpt[k] == 2 * plain[k] for k in tracked if 'blocks' in k)
+
+
 def test_export_is_timm_hub_layout_and_fine_tunes_at_new_size(tiny_data, tmp_path):
     train_main([*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'base'])
     base = tmp_path / 'base'
