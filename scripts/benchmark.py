@@ -18,6 +18,14 @@ Sections (each row: FlexConv time / baseline time, both timed in this process, i
   layers    one FlexConv2d (kernel net + mask + conv) vs nn.Conv2d at the same kernel size, training step.
   dispatch  the automatic FFT/direct choice vs the faster of the two measured here, 2-D kernels 3..33 and
             1-D causal kernels as long as the sequence.
+  channels_last  (not in the default set) the image models of --models and ResNet-44, each in NCHW and in
+            channels_last, all four timed interleaved in this process: train step and eval forward, each model's
+            channels_last / NCHW time and its ratio to ResNet-44 in the same layout.
+
+``--channels-last`` runs every image network of the other sections in ``torch.channels_last`` (module and input,
+as timm's train.py does): the FlexNets, ResNet-44, the fixed-kernel copies and nn.Conv2d (layers, and the 2-D
+dispatch inputs), so every ratio stays like-for-like. FlexTCN (3-D sequence tensors) has no channels_last layout
+and runs as before. Recorded as ``env.channels_last`` in the JSON.
 
 Timing: each round times the baseline and the candidate back to back; a row reports the median over rounds
 of the per-round ratio and the minimum time of each side (the least disturbed by other processes).
@@ -75,8 +83,13 @@ def compare(fns: Dict[str, Callable[[], None]], device: torch.device, rounds: in
     out = {}
     for k, ts in times.items():
         ratios = [t / b for t, b in zip(ts, times[base])]
-        out[k] = dict(min_s=min(ts), median_s=statistics.median(ts), ratio=statistics.median(ratios))
+        out[k] = dict(min_s=min(ts), median_s=statistics.median(ts), ratio=statistics.median(ratios), times=ts)
     return out
+
+
+def round_ratio(res: Dict, num: str, den: str) -> float:
+    """Median over rounds of ``num``'s time / ``den``'s time in the same round (both from one compare call)."""
+    return statistics.median(a / b for a, b in zip(res[num]['times'], res[den]['times']))
 
 
 class FixedKernelConv(nn.Module):
@@ -103,11 +116,14 @@ def freeze_kernels(model: nn.Module) -> nn.Module:
     return model
 
 
+def _layout(x: torch.Tensor, args) -> torch.Tensor:
+    return x.to(memory_format=torch.channels_last) if args.channels_last else x
+
+
 def make_input(name: str, args, device) -> torch.Tensor:
     if name.startswith('flextcn'):
         return torch.randn(args.batch_size, 1, args.seq_len, device=device)
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
-    return x.to(memory_format=torch.channels_last) if args.channels_last else x
+    return _layout(torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device), args)
 
 
 def build(name: str, args, device, sigma: Optional[float], grad_ckpt: bool = False) -> nn.Module:
@@ -230,6 +246,7 @@ def peak_memory(name: str, sigma: Optional[float], args, device, grad_ckpt: bool
            '--batch-size', str(args.batch_size), '--img-size', str(args.img_size), '--seq-len', str(args.seq_len),
            '--threads', str(args.threads)]
     cmd += ['--amp'] if args.amp else []
+    cmd += ['--channels-last'] if args.channels_last else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return float(out)
 
@@ -314,10 +331,55 @@ def bench_memory(args, device) -> List[Dict]:
     return rows
 
 
+def bench_channels_last(args, device) -> List[Dict]:
+    """Image models and ResNet-44 in NCHW and in channels_last, the four timed interleaved round by round."""
+    rows = []
+    layouts = {False: argparse.Namespace(**dict(vars(args), channels_last=False)),
+               True: argparse.Namespace(**dict(vars(args), channels_last=True))}
+    names = [n for n in args.models if not n.startswith('flextcn')]
+    torch.manual_seed(0)
+    x0 = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    for name in names:
+        for regime, sigma in (('initial', None), ('trained', TRAINED_SIGMA['flexnet'])):
+            nets, inputs = {}, {}
+            for cl, a in layouts.items():
+                sfx = '_cl' if cl else ''
+                inputs[sfx] = _layout(x0.clone(), a)
+                torch.manual_seed(0)
+                nets['resnet44' + sfx] = build('resnet44', a, device, None)
+                torch.manual_seed(0)
+                nets[name + sfx] = build(name, a, device, sigma)
+            sizes = sorted({tuple(s) for s in nets[name].kernel_sizes()})
+            t0 = time.perf_counter()
+            res = {}
+            for what, make in (('train', train_step_fn), ('eval', eval_fn)):
+                fns = {k: make(m, inputs['_cl' if k.endswith('_cl') else ''], args) for k, m in nets.items()}
+                res[what] = compare(fns, device, args.rounds if what == 'train' else args.rounds + 2)
+            row = dict(model=name, regime=regime, kernel_sizes=[list(s) for s in sizes], wall_s=0.0)
+            for what, r in res.items():
+                row.update({
+                    f'{what}_nchw_s': r[name]['min_s'], f'{what}_cl_s': r[name + '_cl']['min_s'],
+                    f'resnet44_{what}_nchw_s': r['resnet44']['min_s'], f'resnet44_{what}_cl_s': r['resnet44_cl']['min_s'],
+                    f'{what}_vs_resnet44_nchw': round_ratio(r, name, 'resnet44'),
+                    f'{what}_vs_resnet44_cl': round_ratio(r, name + '_cl', 'resnet44_cl'),
+                    f'{what}_cl_vs_nchw': round_ratio(r, name + '_cl', name),
+                    f'resnet44_{what}_cl_vs_nchw': round_ratio(r, 'resnet44_cl', 'resnet44'),
+                })
+            row['wall_s'] = time.perf_counter() - t0
+            print(f"  {name:10s} {regime:8s} kernels {_fmt_sizes(sizes):8s} train NCHW {row['train_nchw_s']:.3f}s "
+                  f"({row['train_vs_resnet44_nchw']:.2f}x ResNet-44) | channels_last {row['train_cl_s']:.3f}s "
+                  f"({row['train_vs_resnet44_cl']:.2f}x ResNet-44 channels_last) | cl/NCHW {row['train_cl_vs_nchw']:.2f}x,"
+                  f" ResNet-44 cl/NCHW {row['resnet44_train_cl_vs_nchw']:.2f}x", flush=True)
+            rows.append(row)
+            del nets
+    return rows
+
+
 def bench_layers(args, device) -> List[Dict]:
     rows = []
     ch = 48
-    x = torch.randn(args.dispatch_batch, ch, args.img_size, args.img_size, device=device, requires_grad=True)
+    x = torch.randn(args.dispatch_batch, ch, args.img_size, args.img_size, device=device)
+    x = _layout(x, args).requires_grad_(True)
     for sigma, label in ((None, 'initial'), (0.5, 'trained')):
         flex = flexconv_zoo.FlexConv2d(ch, ch, kernel_size=2 * (args.img_size // 2) + 1).to(device)
         if sigma is not None:
@@ -325,6 +387,8 @@ def bench_layers(args, device) -> List[Dict]:
                 flex.mask.sigma.fill_(sigma)
         k = flex.cropped_kernel_size[0]
         conv = nn.Conv2d(ch, ch, k, padding=k // 2).to(device)
+        if args.channels_last:
+            flex, conv = flex.to(memory_format=torch.channels_last), conv.to(memory_format=torch.channels_last)
 
         def step(m):
             def run():
@@ -362,7 +426,8 @@ def bench_dispatch(args, device) -> List[Dict]:
     for n in args.dispatch_1d:
         cfgs.append(('1d', n, (args.dispatch_batch_1d, 30, n), (30, 30, n), True))
     for kind, k, xs, ws, causal in cfgs:
-        x = torch.randn(*xs, device=device, requires_grad=True)
+        x = torch.randn(*xs, device=device)
+        x = (_layout(x, args) if kind == '2d' else x).requires_grad_(True)
         w = torch.randn(*ws, device=device, requires_grad=True)
         fftconv.clear_autotune_cache()
         t0 = time.perf_counter()
@@ -422,6 +487,20 @@ def print_tables(result: Dict) -> None:
                   f"{r['train_vs_resnet44']:.2f}x |")
         r = result['memory'][0]
         print(f"ResNet-44: peak {r['resnet44_peak_mib']:.0f} MiB, train step {r['resnet44_train_s'] * 1e3:.0f} ms")
+    if result.get('channels_last'):
+        print('\n## channels_last vs NCHW (model and input), all timed interleaved in one process')
+        print('| model | regime | kernels | train NCHW | train channels_last | cl / NCHW | vs ResNet-44, NCHW '
+              '| vs ResNet-44, both channels_last | eval cl / NCHW | eval vs ResNet-44, NCHW | eval vs ResNet-44, cl |')
+        print('|---|---|---|---|---|---|---|---|---|---|---|')
+        for r in result['channels_last']:
+            print(f"| {r['model']} | {r['regime']} | {_fmt_sizes([tuple(s) for s in r['kernel_sizes']])} | "
+                  f"{r['train_nchw_s'] * 1e3:.0f} ms | {r['train_cl_s'] * 1e3:.0f} ms | {r['train_cl_vs_nchw']:.2f}x | "
+                  f"{r['train_vs_resnet44_nchw']:.2f}x | {r['train_vs_resnet44_cl']:.2f}x | {r['eval_cl_vs_nchw']:.2f}x "
+                  f"| {r['eval_vs_resnet44_nchw']:.2f}x | {r['eval_vs_resnet44_cl']:.2f}x |")
+        for r in result['channels_last']:
+            print(f"ResNet-44 ({r['regime']} rows): train NCHW {r['resnet44_train_nchw_s'] * 1e3:.0f} ms, channels_last "
+                  f"{r['resnet44_train_cl_s'] * 1e3:.0f} ms ({r['resnet44_train_cl_vs_nchw']:.2f}x); eval cl / NCHW "
+                  f"{r['resnet44_eval_cl_vs_nchw']:.2f}x")
     if result.get('layers'):
         print(f"\n## One layer, training step (batch {result['layers'][0]['batch']}): FlexConv2d vs nn.Conv2d "
               "of the same kernel size ('>=': nn.Conv2d forward alone, a lower bound)")
@@ -454,9 +533,11 @@ def parse_args(argv=None):
     p.add_argument('--rounds', type=int, default=3, help='interleaved timing rounds per row')
     p.add_argument('--compile', action='store_true', help='torch.compile every model (baselines too)')
     p.add_argument('--amp', action='store_true', help='bf16 autocast (FFTs stay float32)')
-    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--channels-last', action='store_true',
+                   help='image networks (FlexNets and every baseline) and their inputs in torch.channels_last')
     p.add_argument('--sections', default='models,memory,layers,dispatch',
-                   help="comma-separated subset to run, e.g. '--sections memory' for the memory table alone")
+                   help="comma-separated subset of models,memory,layers,dispatch (the default) and channels_last "
+                        "(NCHW vs channels_last in one run), e.g. '--sections memory' for the memory table alone")
     p.add_argument('--quick', action='store_true', help='flexnet16 only, fewer rounds and dispatch sizes (~1 min)')
     p.add_argument('--full', action='store_true', help='every dispatch size up to 16,000 steps, all rounds')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave the default)')
@@ -497,7 +578,7 @@ def main():
     result = dict(env=env)
     t0 = time.perf_counter()
     for section, fn in (('models', bench_models), ('memory', bench_memory), ('layers', bench_layers),
-                        ('dispatch', bench_dispatch)):
+                        ('dispatch', bench_dispatch), ('channels_last', bench_channels_last)):
         if section in args.sections:
             print(f"[{section}]", flush=True)
             result[section] = fn(args, device)

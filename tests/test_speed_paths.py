@@ -1,5 +1,6 @@
 """The fast paths compute the same function as the plain ones: FFT == direct, cached == uncached kernels,
-lagged/bucketed crops == exact crops, autotuned dispatch, bf16 autocast, torch.compile. No timing asserts."""
+lagged/bucketed crops == exact crops, autotuned dispatch, bf16 autocast, torch.compile, channels_last == NCHW.
+No timing asserts."""
 import copy
 
 import pytest
@@ -374,6 +375,83 @@ def test_grad_checkpointing_in_training_matches_plain(crop_mode):
     for plain, ckpt in zip(grads[False], grads[True]):
         for a, b in zip(plain, ckpt):
             torch.testing.assert_close(b, a)
+
+
+# ---------------------------------------------------------------------------------------------- channels_last
+CL = torch.channels_last
+
+
+def _is_cl(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=CL) and not t.is_contiguous()
+
+
+@pytest.mark.usefixtures('one_thread')  # 2 threads on the busy 2-core machine: seconds of stalls
+@pytest.mark.parametrize('fn', [conv_fft, conv_direct])
+@pytest.mark.parametrize('sizes,ks', [((12, 16), (5, 5)), ((12, 16), (6, 3)), ((8, 8), (33, 33))])
+def test_conv_paths_channels_last_equal_nchw(fn, sizes, ks):
+    """Both paths take channels_last inputs (symmetric, asymmetric-padding and trimmed kernels), return a
+    channels_last output and input gradient like F.conv2d, and compute the NCHW function and gradients."""
+    x, w, b = _rand_conv(3, 4, 5, sizes, ks)
+    g = torch.randn(3, 5, *sizes)
+    outs = []
+    for fmt in (torch.contiguous_format, CL):
+        xi = x.to(memory_format=fmt).requires_grad_()
+        wi, bi = w.clone().requires_grad_(), b.clone().requires_grad_()
+        y = fn(xi, wi, bi)
+        grads = torch.autograd.grad(y, (xi, wi, bi), g.to(memory_format=fmt))
+        assert _is_cl(y) == _is_cl(grads[0]) == (fmt is CL)
+        outs.append((y, *grads))
+    for a, c in zip(*outs):
+        torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.usefixtures('one_thread')
+def test_fft_channels_last_keeps_only_the_callers_input():
+    """The FFT Function transforms a contiguous copy of a channels_last input but saves the input itself."""
+    x, w, _ = _rand_conv(2, 3, 4, (10, 10), (9, 9))
+    x = x.to(memory_format=CL).requires_grad_()
+    y = conv_fft(x, w.requires_grad_())
+    saved = y.grad_fn.saved_tensors
+    assert any(t.data_ptr() == x.data_ptr() for t in saved) and not any(t.numel() == x.numel() and
+                                                                        t.data_ptr() != x.data_ptr() for t in saved)
+
+
+@pytest.mark.usefixtures('one_thread')
+def test_autotune_keys_channels_last_apart():
+    x, w, _ = _rand_conv(2, 4, 4, (12, 12), (5, 5))
+    fftconv.set_autotune(True)
+    select_conv_method(x, w)
+    select_conv_method(x.to(memory_format=CL), w)
+    assert len(fftconv.autotune_cache()) == 2
+
+
+@pytest.mark.usefixtures('one_thread')  # 2 threads on the busy 2-core machine: seconds of stalls
+@pytest.mark.parametrize('method', ['direct', 'fft'])
+def test_channels_last_flexnet_equals_nchw(method):
+    """A channels_last FlexNet (module and input, as timm's --channels-last) gives the NCHW outputs and
+    gradients in train mode (batch statistics, 1x1 shortcut) and in eval with the kernel cache, and its FlexConv
+    layers keep the channels_last layout. Block dropout is off: a dropout mask is drawn in memory order, so the
+    same seed drops different elements in the two layouts (an equally valid draw, not the same one)."""
+    x = torch.randn(2, 3, 8, 8)
+    runs = {}
+    for fmt in (torch.contiguous_format, CL):
+        model = _tiny_flexnet(img_size=8, conv_method=method, block_drop_rate=0.0).to(memory_format=fmt)
+        model.set_mask_width(0.3 if method == 'fft' else 0.05)  # fft: 9x9 kernels; direct: 3x3
+        xi = x.to(memory_format=fmt)
+        formats = []
+        hook = next(model.flexconv_layers()).register_forward_hook(lambda m, a, y: formats.append(_is_cl(y)))
+        model.train()
+        out = model(xi)
+        out.square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.eval()
+        with torch.no_grad():
+            ev, ev2 = model(xi), model(xi)  # second call: cached kernels
+        hook.remove()
+        assert formats == [fmt is CL] * 3
+        runs[fmt] = (out, ev, ev2, *grads)
+    for a, c in zip(runs[torch.contiguous_format], runs[CL]):
+        torch.testing.assert_close(c, a, atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------- compile

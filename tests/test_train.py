@@ -102,6 +102,47 @@ def test_grad_checkpointing_trains_the_same_parameters(tiny_data, tmp_path):
     assert tracked and all(ckpt[k] == 2 * plain[k] for k in tracked if 'blocks' in k)
 
 
+def test_channels_last_trains_the_same_parameters(tiny_data, tmp_path):
+    """--channels-last (model and batches in channels_last) trains the plain run's network.
+
+    What holds to float tolerance: the training loss, every kernel-net, mask, BN-affine and head parameter, and
+    the train-mode function (batch statistics) of the exported models. What does not: a FlexConv bias followed by
+    batch norm has a true gradient of zero, so Adam turns the two layouts' different float rounding into full
+    learning-rate steps; those biases differ by up to ~lr between the runs, the BN running means follow them with
+    a lag, and so the eval-mode outputs differ slightly (here ~1e-2 in the logits, same test accuracy; the same
+    happens between any two runs whose convolutions round differently). Block dropout is off here: its masks are
+    drawn in memory order, so the two layouts would draw different (equally valid) masks."""
+    common = [*TINY[:5], 'block_drop_rate=0', *TINY[5:], '--data', str(tiny_data), '--epochs', '1',
+              '--output', str(tmp_path)]
+    plain_out = train_main([*common, '--name', 'plain'])
+    cl_out = train_main([*common, '--name', 'cl', '--channels-last'])
+    assert json.loads((tmp_path / 'cl' / 'args.json').read_text())['channels_last'] is True
+    plain, cl = (_weights(tmp_path / n / 'model.safetensors') for n in ('plain', 'cl'))
+    free = [k for k in plain if k.endswith(('conv.bias', 'conv1.bias', 'conv2.bias', 'running_mean'))]
+    kept = [k for k in plain if k not in free]
+    assert len(free) == 10 and any('kernel_net' in k for k in kept) and any('mask' in k for k in kept)
+    assert _max_diff({k: plain[k] for k in kept}, {k: cl[k] for k in kept}) <= 1e-4
+    models = [timm.create_model(f'local-dir:{tmp_path / n}', pretrained=True, block_drop_rate=0.0)
+              for n in ('plain', 'cl')]
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():  # train mode: BN's batch statistics cancel the pre-BN biases
+        torch.testing.assert_close(models[1].train()(x.to(memory_format=torch.channels_last)), models[0].train()(x),
+                                   atol=1e-4, rtol=1e-4)
+    rows = [json.loads((tmp_path / n / 'metrics.json').read_text())[-1] for n in ('plain', 'cl')]
+    assert rows[1]['train_loss'] == pytest.approx(rows[0]['train_loss'], rel=1e-5)
+    assert cl_out['test']['top1'] == pytest.approx(plain_out['test']['top1'])
+
+
+def test_channels_last_is_an_error_for_sequence_models(tmp_path, capsys):
+    argv = ['--model', 'flextcn2', '--model-kwargs', 'widths=(4,)', 'kernel_hidden=8', '--data', 'mnist1d',
+            '--data-dir', str(tmp_path / 'data'), '--epochs', '1', '--output', str(tmp_path / 'runs'), '--channels-last',
+            '--no-progress']
+    assert run_cli(train_main, argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: --channels-last is for image models') and '\n' not in err
+    assert not (tmp_path / 'runs').exists()
+
+
 def test_export_is_timm_hub_layout_and_fine_tunes_at_new_size(tiny_data, tmp_path):
     train_main([*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'base'])
     base = tmp_path / 'base'
