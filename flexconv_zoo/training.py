@@ -71,6 +71,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--smoothing', type=float, default=0.0, help="label smoothing")
     g.add_argument('--alias-free', type=float, nargs='?', const=0.1, default=0.0, metavar='WEIGHT',
                    help="add the alias-free regulariser (weight 0.1 when given without a value)")
+    g.add_argument('--alias-free-mask', action='store_true',
+                   help="count the Gaussian masks' frequency in the alias-free regulariser and --alias-free-init "
+                        "(the original code's 'gabor+mask' target)")
     g.add_argument('--alias-free-init', action='store_true',
                    help="project the kernel nets onto the alias-free set of the training grid before training "
                         "(model.band_limit_()), so the regulariser starts at zero")
@@ -220,7 +223,8 @@ def _resolve_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         raise UserError(f"{run_dir} is not a run folder to resume (it needs args.json and checkpoints/step_*).")
     saved = json.loads((run_dir / 'args.json').read_text())
     given = {k: v for k, v in vars(args).items() if k in RESUME_OVERRIDES and v != parser.get_default(k)}
-    merged = argparse.Namespace(**dict(saved, **given))
+    defaults = vars(parser.parse_args([]))  # options added since the run started keep their defaults
+    merged = argparse.Namespace(**{**defaults, **saved, **given})
     merged.resume = str(run_dir)
     merged.stop_after_steps = args.stop_after_steps  # a pause of the earlier session does not carry over
     return merged
@@ -385,9 +389,10 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                              train_subset=args.train_subset, eval_subset=args.eval_subset)
     model, model_kwargs, input_kwargs = _build_model(args, splits)
     if args.alias_free_init:
-        model.band_limit_()  # on the training grid; a resumed run then loads its own weights over it
+        # on the training grid; a resumed run then loads its own weights over it
+        model.band_limit_(include_mask=args.alias_free_mask)
     model.set_grad_checkpointing(args.grad_checkpointing)
-    if getattr(args, 'channels_last', False):  # absent from the args.json of runs started before the option
+    if args.channels_last:
         if splits.kind == 'sequence':
             raise UserError(f"--channels-last is for image models (4-D batches); {args.model} on {splits.name} takes "
                             f"sequences (batch, channels, length), which have no channels-last layout.")
@@ -484,7 +489,8 @@ class _Loop:
                 logits = self.model(x)
                 loss = self.criterion(logits, y)
                 if args.alias_free:
-                    loss = loss + self.unwrapped.alias_free_penalty(weight=args.alias_free)
+                    loss = loss + self.unwrapped.alias_free_penalty(weight=args.alias_free,
+                                                                    include_mask=args.alias_free_mask)
                 acc.backward(loss)
                 if args.clip_grad and acc.sync_gradients:
                     acc.clip_grad_norm_(self.model.parameters(), args.clip_grad)

@@ -237,6 +237,16 @@ def test_band_limit_projects_onto_alias_free_set(kernel_net):
         timm.create_model('flexnet8', kernel_net='siren').band_limit_()
 
 
+def test_band_limit_with_masks_widens_narrow_masks():
+    model = timm.create_model('flexnet8', img_size=16)
+    model.band_limit_()
+    assert model.alias_free_penalty(include_mask=True).item() > 0  # sigma 0.075 is too sharp for 17 points
+    model.band_limit_(include_mask=True)
+    assert model.alias_free_penalty(include_mask=True).item() < 1e-9
+    for layer in model.flexconv_layers():
+        assert (layer.mask.sigma >= 2 / (torch.pi * 4) - 1e-7).all()  # the mask keeps at most half the band
+
+
 def test_set_mask_width_controls_kernel_sizes():
     model = timm.create_model('flexnet8')
     model.set_mask_width(0.5)

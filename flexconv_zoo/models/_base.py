@@ -28,19 +28,27 @@ class FlexConvModelMixin:
         return weight * sum(layer.frequency_penalty(include_mask) for layer in self.flexconv_layers())
 
     @torch.no_grad()
-    def band_limit_(self) -> None:
+    def band_limit_(self, include_mask: bool = False) -> None:
         """Project every kernel net onto the alias-free set of its training grid (where
         :meth:`alias_free_penalty` is zero) by smoothing the Gabor units that exceed their Nyquist share.
 
         The paper's initialisation puts MAGNet frequencies 2-15x above that share on a 17-point grid, and
         the penalty, which acts on one maximum per filter, takes hundreds of epochs to pull them all down;
         ``train.py --alias-free-init`` projects once at initialisation so training starts alias-free.
+        With ``include_mask`` the Gaussian masks count too: a mask narrower than half the band
+        (``1 / (pi sigma) > f_Nyq / 2``) is widened to it, and the kernel nets share what the mask leaves.
         """
         for layer in self.flexconv_layers():
             if not hasattr(layer.kernel_net, 'band_limit_'):
                 raise ValueError(f"band_limit_ needs a multiplicative filter kernel net (magnet, gabor, fourier), "
                                  f"not {type(layer.kernel_net).__name__}.")
-            layer.kernel_net.band_limit_((min(layer.source_grid) - 1) / 4)
+            nyquist = (min(layer.source_grid) - 1) / 4
+            if include_mask:
+                sigma = layer.mask.sigma
+                sigma.copy_(sigma.sign().where(sigma != 0, torch.ones_like(sigma)) * sigma.abs().clamp_min(
+                    2 / (torch.pi * nyquist)))
+                nyquist -= (1.0 / layer.mask.effective_sigma()).max().item() / torch.pi
+            layer.kernel_net.band_limit_(nyquist)
 
     @torch.no_grad()
     def set_mask_width(self, sigma: float) -> None:
