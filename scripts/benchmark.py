@@ -38,7 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -462,62 +462,67 @@ def bench_dispatch(args, device) -> List[Dict]:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    print(f"\n## {title}")
+    print('| ' + ' | '.join(header) + ' |')
+    print('|' + '---|' * len(header))
+    for cells in rows:
+        print('| ' + ' | '.join(cells) + ' |')
+
+
+def _ms(seconds: float, digits: int = 0, lower_bound: bool = False) -> str:
+    return f"{'>= ' if lower_bound else ''}{seconds * 1e3:.{digits}f} ms"
+
+
+def _kernels(r: Dict) -> str:
+    return _fmt_sizes([tuple(s) for s in r['kernel_sizes']])
+
+
 def print_tables(result: Dict) -> None:
     if result.get('models'):
-        print('\n## Models: training step (fwd+bwd+Adam) and eval forward, ratios in the same run')
-        print('| model | regime | kernels | train step | vs ResNet-44 | img/s | eval vs ResNet-44 '
-              '| eval cached vs fixed kernels | eval uncached / cached |')
-        print('|---|---|---|---|---|---|---|---|---|')
-        for r in result['models']:
-            print(f"| {r['model']} | {r['regime']} | {_fmt_sizes([tuple(s) for s in r['kernel_sizes']])} | "
-                  f"{r['train_s'] * 1e3:.0f} ms | {r['train_vs_resnet44']:.2f}x | "
-                  f"{r['images_per_s']:.0f} | {r['eval_vs_resnet44']:.2f}x | {r['eval_vs_fixed']:.2f}x | "
-                  f"{r['eval_uncached_vs_cached']:.2f}x |")
+        _print_table('Models: training step (fwd+bwd+Adam) and eval forward, ratios in the same run',
+                     ['model', 'regime', 'kernels', 'train step', 'vs ResNet-44', 'img/s', 'eval vs ResNet-44',
+                      'eval cached vs fixed kernels', 'eval uncached / cached'],
+                     [[r['model'], r['regime'], _kernels(r), _ms(r['train_s']), f"{r['train_vs_resnet44']:.2f}x",
+                       f"{r['images_per_s']:.0f}", f"{r['eval_vs_resnet44']:.2f}x", f"{r['eval_vs_fixed']:.2f}x",
+                       f"{r['eval_uncached_vs_cached']:.2f}x"] for r in result['models']])
         r = result['models'][0]
-        print(f"ResNet-44 (0.66M params): train step {r['resnet44_train_s'] * 1e3:.0f} ms, "
+        print(f"ResNet-44 (0.66M params): train step {_ms(r['resnet44_train_s'])}, "
               f"{r['resnet44_images_per_s']:.0f} img/s")
     if result.get('memory'):
-        print('\n## Peak training memory and train step, without / with grad checkpointing, vs ResNet-44 '
-              'in the same run')
-        print('| model | regime | peak MiB | peak vs ResNet-44 | train step | step vs ResNet-44 |')
-        print('|---|---|---|---|---|---|')
-        for r in result['memory']:
-            print(f"| {r['model']}{' + grad checkpointing' if r['grad_checkpointing'] else ''} | {r['regime']} | "
-                  f"{r['peak_mib']:.0f} | {r['vs_resnet44']:.2f}x | {r['train_s'] * 1e3:.0f} ms | "
-                  f"{r['train_vs_resnet44']:.2f}x |")
+        _print_table('Peak training memory and train step, without / with grad checkpointing, vs ResNet-44 in the '
+                     'same run', ['model', 'regime', 'peak MiB', 'peak vs ResNet-44', 'train step', 'step vs ResNet-44'],
+                     [[r['model'] + (' + grad checkpointing' if r['grad_checkpointing'] else ''), r['regime'],
+                       f"{r['peak_mib']:.0f}", f"{r['vs_resnet44']:.2f}x", _ms(r['train_s']),
+                       f"{r['train_vs_resnet44']:.2f}x"] for r in result['memory']])
         r = result['memory'][0]
-        print(f"ResNet-44: peak {r['resnet44_peak_mib']:.0f} MiB, train step {r['resnet44_train_s'] * 1e3:.0f} ms")
+        print(f"ResNet-44: peak {r['resnet44_peak_mib']:.0f} MiB, train step {_ms(r['resnet44_train_s'])}")
     if result.get('channels_last'):
-        print('\n## channels_last vs NCHW (model and input), all timed interleaved in one process')
-        print('| model | regime | kernels | train NCHW | train channels_last | cl / NCHW | vs ResNet-44, NCHW '
-              '| vs ResNet-44, both channels_last | eval cl / NCHW | eval vs ResNet-44, NCHW | eval vs ResNet-44, cl |')
-        print('|---|---|---|---|---|---|---|---|---|---|---|')
+        _print_table('channels_last vs NCHW (model and input), all timed interleaved in one process',
+                     ['model', 'regime', 'kernels', 'train NCHW', 'train channels_last', 'cl / NCHW',
+                      'vs ResNet-44, NCHW', 'vs ResNet-44, both channels_last', 'eval cl / NCHW',
+                      'eval vs ResNet-44, NCHW', 'eval vs ResNet-44, cl'],
+                     [[r['model'], r['regime'], _kernels(r), _ms(r['train_nchw_s']), _ms(r['train_cl_s']),
+                       f"{r['train_cl_vs_nchw']:.2f}x", f"{r['train_vs_resnet44_nchw']:.2f}x",
+                       f"{r['train_vs_resnet44_cl']:.2f}x", f"{r['eval_cl_vs_nchw']:.2f}x",
+                       f"{r['eval_vs_resnet44_nchw']:.2f}x", f"{r['eval_vs_resnet44_cl']:.2f}x"]
+                      for r in result['channels_last']])
         for r in result['channels_last']:
-            print(f"| {r['model']} | {r['regime']} | {_fmt_sizes([tuple(s) for s in r['kernel_sizes']])} | "
-                  f"{r['train_nchw_s'] * 1e3:.0f} ms | {r['train_cl_s'] * 1e3:.0f} ms | {r['train_cl_vs_nchw']:.2f}x | "
-                  f"{r['train_vs_resnet44_nchw']:.2f}x | {r['train_vs_resnet44_cl']:.2f}x | {r['eval_cl_vs_nchw']:.2f}x "
-                  f"| {r['eval_vs_resnet44_nchw']:.2f}x | {r['eval_vs_resnet44_cl']:.2f}x |")
-        for r in result['channels_last']:
-            print(f"ResNet-44 ({r['regime']} rows): train NCHW {r['resnet44_train_nchw_s'] * 1e3:.0f} ms, channels_last "
-                  f"{r['resnet44_train_cl_s'] * 1e3:.0f} ms ({r['resnet44_train_cl_vs_nchw']:.2f}x); eval cl / NCHW "
+            print(f"ResNet-44 ({r['regime']} rows): train NCHW {_ms(r['resnet44_train_nchw_s'])}, channels_last "
+                  f"{_ms(r['resnet44_train_cl_s'])} ({r['resnet44_train_cl_vs_nchw']:.2f}x); eval cl / NCHW "
                   f"{r['resnet44_eval_cl_vs_nchw']:.2f}x")
     if result.get('layers'):
-        print(f"\n## One layer, training step (batch {result['layers'][0]['batch']}): FlexConv2d vs nn.Conv2d "
-              "of the same kernel size ('>=': nn.Conv2d forward alone, a lower bound)")
-        print('| layer | regime | nn.Conv2d | FlexConv2d | ratio |')
-        print('|---|---|---|---|---|')
-        for r in result['layers']:
-            ge = '>= ' if r['conv2d_is_forward_only_lower_bound'] else ''
-            print(f"| {r['layer']} | {r['regime']} | {ge}{r['conv2d_s'] * 1e3:.1f} ms | {r['flexconv_s'] * 1e3:.1f} ms "
-                  f"| {r['ratio']:.2f}x |")
+        _print_table(f"One layer, training step (batch {result['layers'][0]['batch']}): FlexConv2d vs nn.Conv2d "
+                     "of the same kernel size ('>=': nn.Conv2d forward alone, a lower bound)",
+                     ['layer', 'regime', 'nn.Conv2d', 'FlexConv2d', 'ratio'],
+                     [[r['layer'], r['regime'], _ms(r['conv2d_s'], 1, r['conv2d_is_forward_only_lower_bound']),
+                       _ms(r['flexconv_s'], 1), f"{r['ratio']:.2f}x"] for r in result['layers']])
     if result.get('dispatch'):
-        print('\n## FFT/direct dispatch: auto vs the faster path (training step of one conv)')
-        print('| kind | kernel | fft | direct | auto | auto / fastest |')
-        print('|---|---|---|---|---|---|')
-        for r in result['dispatch']:
-            ge = '>= ' if r['direct_is_forward_only_lower_bound'] else ''
-            print(f"| {r['kind']} | {r['kernel']} | {r['fft_s'] * 1e3:.2f} ms | {ge}{r['direct_s'] * 1e3:.2f} ms | "
-                  f"{r['auto']} | {r['auto_vs_fastest']:.2f}x |")
+        _print_table('FFT/direct dispatch: auto vs the faster path (training step of one conv)',
+                     ['kind', 'kernel', 'fft', 'direct', 'auto', 'auto / fastest'],
+                     [[r['kind'], str(r['kernel']), _ms(r['fft_s'], 2),
+                       _ms(r['direct_s'], 2, r['direct_is_forward_only_lower_bound']), r['auto'],
+                       f"{r['auto_vs_fastest']:.2f}x"] for r in result['dispatch']])
 
 
 def parse_args(argv=None):
