@@ -1,0 +1,31 @@
+"""scripts/benchmark.py runs end to end on a tiny configuration: tables printed, JSON rows complete (no timings
+are asserted; they belong to the benchmark itself)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_smoke_run_writes_tables_and_json(tmp_path):
+    out = tmp_path / 'bench.json'
+    cmd = [sys.executable, 'scripts/benchmark.py', '--threads', '1', '--models', 'flexnet8', '--memory-models',
+           'flexnet8', '--batch-size', '2', '--img-size', '8', '--rounds', '1', '--sections', 'models,memory',
+           '--json', str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '## Models: training step' in proc.stdout and '## Peak training memory' in proc.stdout
+    result = json.loads(out.read_text())
+    assert [(r['model'], r['regime']) for r in result['models']] == [('flexnet8', 'initial'), ('flexnet8', 'trained')]
+    # trained widths (set_mask_width) give larger kernels than the initial masks
+    initial, trained = (max(max(s) for s in r['kernel_sizes']) for r in result['models'])
+    assert trained > initial
+    for r in result['models']:
+        for key in ('train_vs_resnet44', 'eval_vs_resnet44', 'eval_vs_fixed', 'eval_uncached_vs_cached'):
+            assert math.isfinite(r[key]) and r[key] > 0, (key, r)
+    rows = {(r['regime'], r['grad_checkpointing']) for r in result['memory']}
+    assert rows == {(g, c) for g in ('initial', 'trained') for c in (False, True)}
+    assert all(r['peak_mib'] > 0 and r['vs_resnet44'] > 0 for r in result['memory'])
+    assert result['env']['torch'] and 'channels_last' in result['env']
