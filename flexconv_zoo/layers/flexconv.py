@@ -385,23 +385,43 @@ class FlexConvNd(nn.Module):
         return conv_nd(x, weight, bias, causal=self.causal, method=self.conv_method)
 
     # ------------------------------------------------------------------ regularisation
-    def frequency_penalty(self, include_mask: bool = False) -> torch.Tensor:
-        """Alias-free penalty ``sum_l relu(f_l - f_Nyq / (L + 1))^2`` for the training grid.
+    def nyquist_frequency(self) -> float:
+        """``f_Nyq = (K - 1) / 4``: the Nyquist frequency of the ``K``-point training grid over ``[-1, 1]``
+        (the smallest ``K`` over dimensions)."""
+        return (min(self.source_grid) - 1) / 4
 
-        ``f_l`` is the largest frequency of Gabor/Fourier filter ``l`` and ``f_Nyq = (K - 1) / 4`` the Nyquist
-        frequency of a ``K``-point grid over ``[-1, 1]`` (the smallest ``K`` over dimensions).
-        """
+    def _filter_net(self) -> nn.Module:
         if not hasattr(self.kernel_net, 'layer_frequencies'):
             raise ValueError(
                 f"The alias-free regulariser needs a multiplicative filter kernel net (magnet, gabor, fourier), "
                 f"not {type(self.kernel_net).__name__}.")
-        freqs = self.kernel_net.layer_frequencies()
+        return self.kernel_net
+
+    def frequency_penalty(self, include_mask: bool = False) -> torch.Tensor:
+        """Alias-free penalty ``sum_l relu(f_l - f_Nyq / (L + 1))^2`` for the training grid.
+
+        ``f_l`` is the largest frequency of Gabor/Fourier filter ``l`` (plus an equal share of the mask's with
+        ``include_mask``) and ``f_Nyq`` is :meth:`nyquist_frequency`.
+        """
+        freqs = self._filter_net().layer_frequencies()
         num_filters = freqs.numel()
         if include_mask:
-            mask_freq = 2 * (1.0 / self.mask.effective_sigma()).max() / (2 * torch.pi)
-            freqs = freqs + mask_freq / num_filters
-        nyquist = (min(self.source_grid) - 1) / 4
-        return torch.relu(freqs - nyquist / num_filters).pow(2).sum()
+            freqs = freqs + self.mask.max_frequency() / num_filters
+        return torch.relu(freqs - self.nyquist_frequency() / num_filters).pow(2).sum()
+
+    @torch.no_grad()
+    def band_limit_(self, include_mask: bool = False) -> None:
+        """Project the kernel net onto the set where :meth:`frequency_penalty` is zero (see
+        ``FlexConvModelMixin.band_limit_``); with ``include_mask`` a mask narrower than half the band
+        (``1 / (pi sigma) > f_Nyq / 2``) is widened to it first and the kernel net gets what it leaves."""
+        filter_net = self._filter_net()
+        budget = self.nyquist_frequency()
+        if include_mask:
+            sigma = self.mask.sigma  # the mask only reads |sigma|
+            sigma.copy_(sigma.sign().where(sigma != 0, torch.ones_like(sigma)) * sigma.abs().clamp_min(
+                2 / (torch.pi * budget)))
+            budget -= self.mask.max_frequency().item()
+        filter_net.band_limit_(budget)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.grid}"

@@ -66,15 +66,19 @@ class GaborFilter(nn.Module):
         self.linear.weight.mul_(self.input_scale * self.gamma)
         self.linear.bias.uniform_(-math.pi, math.pi)
 
+    def unit_frequencies(self) -> torch.Tensor:
+        """Frequency (cycles per unit length) of each unit and dimension: ``(|V| + 2 |gamma|) / 2 pi``."""
+        return (self.linear.weight.abs() + 2 * self.gamma.abs()) / (2 * math.pi)
+
     def max_frequency(self) -> torch.Tensor:
-        """Largest frequency (cycles per unit length) of this filter: ``max (|V| + 2 |gamma|) / 2 pi``."""
-        return ((self.linear.weight.abs() + 2 * self.gamma.abs()) / (2 * math.pi)).max()
+        """Largest frequency of this filter (the alias-free regulariser's ``f_l``)."""
+        return self.unit_frequencies().max()
 
     @torch.no_grad()
     def band_limit_(self, max_frequency: float) -> None:
         """Shrink ``V`` and ``gamma`` of every unit whose frequency exceeds ``max_frequency`` (same ratio for
         both, so the unit keeps its shape and only gets smoother)."""
-        freq = (self.linear.weight.abs() + 2 * self.gamma.abs()) / (2 * math.pi)
+        freq = self.unit_frequencies()
         # units within rounding of the limit are left alone, so that projecting twice changes nothing
         factor = torch.where(freq > max_frequency * (1 + 1e-6), max_frequency / freq, torch.ones_like(freq))
         self.linear.weight.mul_(factor)

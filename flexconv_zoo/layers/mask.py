@@ -65,6 +65,10 @@ class GaussianMask(nn.Module):
     def effective_sigma(self) -> torch.Tensor:
         return self.sigma.abs().clamp_min(self.eps)
 
+    def max_frequency(self) -> torch.Tensor:
+        """Frequency the alias-free regulariser charges the mask with: ``2 max_d(1 / sigma_d) / 2 pi``."""
+        return (1.0 / self.effective_sigma()).max() / torch.pi
+
     def roots(self, mean: Sequence[float], sigma: Sequence[float]) -> Tuple[float, ...]:
         """Per-dimension root used for cropping: the left root (causal) or the largest absolute root."""
         radius = threshold_radius(self.threshold)

@@ -39,16 +39,7 @@ class FlexConvModelMixin:
         (``1 / (pi sigma) > f_Nyq / 2``) is widened to it, and the kernel nets share what the mask leaves.
         """
         for layer in self.flexconv_layers():
-            if not hasattr(layer.kernel_net, 'band_limit_'):
-                raise ValueError(f"band_limit_ needs a multiplicative filter kernel net (magnet, gabor, fourier), "
-                                 f"not {type(layer.kernel_net).__name__}.")
-            nyquist = (min(layer.source_grid) - 1) / 4
-            if include_mask:
-                sigma = layer.mask.sigma
-                sigma.copy_(sigma.sign().where(sigma != 0, torch.ones_like(sigma)) * sigma.abs().clamp_min(
-                    2 / (torch.pi * nyquist)))
-                nyquist -= (1.0 / layer.mask.effective_sigma()).max().item() / torch.pi
-            layer.kernel_net.band_limit_(nyquist)
+            layer.band_limit_(include_mask)
 
     @torch.no_grad()
     def set_mask_width(self, sigma: float) -> None:
