@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,8 @@ import torch.nn as nn
 
 from .evaluation import UserError, atomic_write_text, evaluate, load_weights, min_input_size, parse_model_kwargs
 
-__all__ = ['build_train_parser', 'train_main', 'latest_checkpoint', 'param_groups', 'rebase_input_size', 'EpochSampler', 'TrainState']
+__all__ = ['build_train_parser', 'train_main', 'latest_checkpoint', 'checkpoint_folders', 'param_groups',
+           'rebase_input_size', 'EpochSampler', 'TrainState']
 
 # Options a resumed run may change; everything else comes from the run's args.json.
 RESUME_OVERRIDES = ('stop_after_steps', 'workers', 'progress', 'checkpoint_every', 'keep_checkpoints',
@@ -150,14 +152,71 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 # ------------------------------------------------------------------------------------------------ run folder
+def checkpoint_folders(run_dir: Path) -> List[Path]:
+    """Complete checkpoint folders of a run, newest first (incomplete ones are temporary names, never matched)."""
+    return sorted((Path(run_dir) / 'checkpoints').glob('step_*[0-9]'), reverse=True)
+
+
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The newest complete checkpoint folder of a run (incomplete ones are temporary names, never matched)."""
-    folders = sorted((Path(run_dir) / 'checkpoints').glob('step_*[0-9]'))
-    return folders[-1] if folders else None
+    """The newest complete checkpoint folder of a run."""
+    folders = checkpoint_folders(run_dir)
+    return folders[0] if folders else None
 
 
-def _save_checkpoint(accelerator, run_dir: Path, state: TrainState, keep: int) -> Path:
-    """``save_state`` into a temporary folder, then rename it: a checkpoint folder is complete or absent."""
+_CUSTOM_STATE = re.compile(r'^custom_checkpoint_(\d+)\.pkl$')
+
+
+def _read_checkpoint_files(folder: Path) -> Dict[str, Any]:
+    """Read every file of a checkpoint without executing code: safetensors, and ``torch.load(weights_only=True)``
+    (Accelerate's numpy/RNG allow-list) for the pickles. Raises on a damaged or unsafe file, naming it; nothing is
+    restored until the whole folder has been read."""
+    from accelerate.utils import load
+    from safetensors.torch import load_file
+    contents = {}
+    for path in sorted(folder.iterdir()):
+        try:
+            if path.suffix == '.safetensors':
+                contents[path.name] = load_file(str(path))
+            elif path.is_file():
+                contents[path.name] = load(str(path), map_location='cpu')  # weights_only=True
+        except Exception as e:  # truncated zip, bad header, a pickle that names a forbidden global, ...
+            msg = ' '.join(str(e).split())
+            raise ValueError(f"{path.name}: {type(e).__name__}: {msg[:300]}") from None
+    if 'model.safetensors' not in contents or 'optimizer.bin' not in contents:
+        raise ValueError("model.safetensors or optimizer.bin is missing")
+    return contents
+
+
+def _load_checkpoint(accelerator, folder: Path, custom_objects: Sequence[Any]) -> None:
+    """Restore a checkpoint written by :func:`_save_checkpoint` (or by Accelerate's ``register_for_checkpointing``).
+
+    Accelerate's ``load_state`` unpickles registered objects with ``weights_only=False`` (arbitrary code from the
+    run folder), so it only restores model, optimizer and RNG here, from a view of the folder without the
+    ``custom_checkpoint_*.pkl`` files; those plain state dicts are read with ``weights_only=True``.
+    """
+    import tempfile
+    contents = _read_checkpoint_files(folder)
+    custom = {int(m.group(1)): name for name in contents if (m := _CUSTOM_STATE.match(name))}
+    if sorted(custom) != list(range(len(custom_objects))):
+        raise ValueError(f"holds {len(custom)} training-state files, this run needs {len(custom_objects)} "
+                         f"(was it written with other options, e.g. --ema?)")
+    with tempfile.TemporaryDirectory(prefix='flexconv_resume_') as view:
+        for path in folder.iterdir():
+            if path.name not in custom.values():
+                os.symlink(path.resolve(), Path(view) / path.name)
+        accelerator.load_state(view)
+    for index, obj in enumerate(custom_objects):
+        obj.load_state_dict(contents[custom[index]])
+
+
+def _save_checkpoint(accelerator, run_dir: Path, state: TrainState, keep: int,
+                     custom_objects: Sequence[Any] = ()) -> Path:
+    """``save_state`` into a temporary folder, then rename it: a checkpoint folder is complete or absent.
+
+    ``custom_objects`` (scheduler, loop state, EMA) go to ``custom_checkpoint_<i>.pkl`` exactly as Accelerate's
+    ``register_for_checkpointing`` writes them; they are not registered so that loading stays safe.
+    """
+    from accelerate.checkpointing import save_custom_state
     root = run_dir / 'checkpoints'
     final = root / f'step_{state.global_step:08d}_e{state.epoch:04d}b{state.batch_in_epoch:06d}'
     tmp = root / f'.tmp_{final.name}'
@@ -166,6 +225,8 @@ def _save_checkpoint(accelerator, run_dir: Path, state: TrainState, keep: int) -
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    for index, obj in enumerate(custom_objects):
+        save_custom_state(obj, str(tmp), index)  # written by the main process only
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -213,10 +274,76 @@ def _source_args(model: nn.Module) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ setup
+def _check_writable(folder: Path, option: str) -> None:
+    """Fail before any data is read or step is trained when the run folder cannot be written (read-only mount,
+    no permission, a file in the way); probes with an anonymous temporary file that leaves nothing behind."""
+    import tempfile
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(f"{option} {folder} is not writable ({e.strerror or e}): pick a writable folder with "
+                        f"{option}.") from None
+
+
+def _validate_args(args: argparse.Namespace) -> None:
+    """Reject values that would crash later with a traceback or silently train something else."""
+    from .data import DATASETS
+
+    def bad(option: str, value: Any, need: str) -> UserError:
+        return UserError(f"{option} {value} is invalid: it must be {need}.")
+
+    positive = dict(epochs='--epochs', batch_size='--batch-size', grad_accum='--grad-accum',
+                    keep_checkpoints='--keep-checkpoints', train_subset='--train-subset',
+                    eval_subset='--eval-subset', stop_after_steps='--stop-after-steps')
+    for key, option in positive.items():
+        value = getattr(args, key, None)
+        if value is not None and value < 1:
+            raise bad(option, value, "a positive integer")
+    for key, option in dict(val_size='--val-size', workers='--workers', checkpoint_every='--checkpoint-every').items():
+        if getattr(args, key) < 0:
+            raise bad(option, getattr(args, key), "0 or more")
+    for key, option in dict(img_size='--img-size', source_img_size='--source-img-size').items():
+        value = getattr(args, key, None)
+        if value is not None and value < 2:  # 0 used to mean "the data's size" through `or`
+            raise UserError(f"{option} {value} is invalid: FlexConv models need at least 2 px; leave it out to "
+                            f"train at the data's own size.")
+    floats = dict(lr=('--lr', 0.0, False), warmup_lr=('--warmup-lr', 0.0, True), min_lr=('--min-lr', 0.0, True),
+                  mask_lr_scale=('--mask-lr-scale', 0.0, True), weight_decay=('--weight-decay', 0.0, True),
+                  warmup_epochs=('--warmup-epochs', 0.0, True), alias_free=('--alias-free', 0.0, True))
+    for key, (option, low, inclusive) in floats.items():
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise bad(option, value, f"a finite number {'>=' if inclusive else '>'} {low:g}")
+    if not 0 <= args.smoothing < 1:
+        raise bad('--smoothing', args.smoothing, "in [0, 1)")
+    if not 0 <= args.ema_decay <= 1:
+        raise bad('--ema-decay', args.ema_decay, "in [0, 1]")
+    if args.clip_grad is not None and not (math.isfinite(args.clip_grad) and args.clip_grad > 0):
+        raise bad('--clip-grad', args.clip_grad, "a finite number > 0")
+    data = str(args.data)
+    if data.lower().replace('-', '_') not in DATASETS and not Path(data).exists():
+        where = 'an ImageFolder path that does not exist' if (os.sep in data or '/' in data) else 'not a data set'
+        raise UserError(f"--data {data} is {where}: use one of {', '.join(DATASETS)} or the path of an ImageFolder "
+                        f"tree <dir>/{{train,test}}/<class>/*.")
+    if args.resume:
+        _check_writable(Path(args.resume) / 'checkpoints', '--resume')
+    else:
+        _check_writable(Path(args.output), '--output')
+
+
 def _resolve_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = build_train_parser()
     args = parser.parse_args(argv)
     if not args.resume:
+        _validate_args(args)
         return args
     run_dir = Path(args.resume)
     if not (run_dir / 'args.json').is_file() or latest_checkpoint(run_dir) is None:
@@ -227,6 +354,7 @@ def _resolve_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     merged = argparse.Namespace(**{**defaults, **saved, **given})
     merged.resume = str(run_dir)
     merged.stop_after_steps = args.stop_after_steps  # a pause of the earlier session does not carry over
+    _validate_args(merged)
     return merged
 
 
@@ -260,7 +388,7 @@ def _build_model(args: argparse.Namespace, splits) -> tuple:
         kwargs['seq_len'] = int(splits.native_size[0])
         input_kwargs = dict(seq_len=kwargs['seq_len'])
     else:
-        size = args.img_size or (splits.native_size[0] if splits.native_size else None)
+        size = args.img_size if args.img_size is not None else (splits.native_size[0] if splits.native_size else None)
         size = size or timm.models.get_pretrained_cfg(args.model).input_size[-1]
         if size < 2:
             raise UserError(f"--img-size {size} is smaller than the 2 px {args.model} accepts.")
@@ -370,6 +498,22 @@ def _loader(dataset, batch_size: int, workers: int, sampler=None, seed: int = 0)
         generator=torch.Generator().manual_seed(seed), persistent_workers=False)
 
 
+def _resume(accelerator, run_dir: Path, custom_objects: Sequence[Any]) -> Path:
+    """Load the newest intact checkpoint; a damaged newer one (a crash mid-copy, a full disk) is reported and
+    skipped. Nothing is restored from a checkpoint until all of its files have been read."""
+    damaged = []
+    for folder in checkpoint_folders(run_dir):
+        try:
+            _load_checkpoint(accelerator, folder, custom_objects)
+        except Exception as e:
+            damaged.append(f"{folder.name} ({e})")
+            accelerator.print(f"warning: checkpoint {folder} cannot be restored ({e}); trying an older one")
+            continue
+        return folder
+    raise UserError(f"No intact checkpoint in {run_dir / 'checkpoints'}: {'; '.join(damaged)}. Start a new run "
+                    f"(with --initial-checkpoint to keep weights) or restore the folder from a backup.")
+
+
 # ------------------------------------------------------------------------------------------------ training
 def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """``scripts/train.py``: build everything, train, export. Returns the run summary."""
@@ -417,15 +561,10 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     unwrapped = accelerator.unwrap_model(model)
     ema = ModelEmaV3(unwrapped, decay=args.ema_decay) if args.ema else None
     state = TrainState()
-    for obj in (scheduler, state) + ((ema,) if ema is not None else ()):
-        accelerator.register_for_checkpointing(obj)
+    custom_objects = (scheduler, state) + ((ema,) if ema is not None else ())  # checkpoint order: never reorder
 
     if args.resume:
-        ckpt = latest_checkpoint(run_dir)
-        try:
-            accelerator.load_state(str(ckpt))
-        except Exception as e:
-            raise UserError(f"Cannot restore checkpoint {ckpt}: {type(e).__name__}: {e}") from None
+        _resume(accelerator, run_dir, custom_objects)
         accelerator.print(f"resumed {run_dir} at epoch {state.epoch}, step {state.global_step}")
     elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -439,6 +578,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     criterion = nn.CrossEntropyLoss(label_smoothing=args.smoothing)
     loop = _Loop(args, accelerator, model, unwrapped, optimizer, scheduler, ema, criterion, state, run_dir, splits)
+    loop.custom_objects = custom_objects
     stopped = loop.run(train_loader, sampler, val_loader, updates_per_epoch)
     if stopped:
         accelerator.print(f"stopped after step {state.global_step}; continue with --resume {run_dir}")
@@ -456,7 +596,7 @@ class _Loop:
         self.state, self.run_dir, self.splits = state, run_dir, splits
 
     def checkpoint(self) -> None:
-        _save_checkpoint(self.acc, self.run_dir, self.state, self.args.keep_checkpoints)
+        _save_checkpoint(self.acc, self.run_dir, self.state, self.args.keep_checkpoints, self.custom_objects)
 
     def run(self, train_loader, sampler, val_loader, updates_per_epoch: int) -> bool:
         """Train to the last epoch; True when stopped early by ``--stop-after-steps``."""
@@ -497,7 +637,9 @@ class _Loop:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             state.batch_in_epoch += 1
-            state.loss_sum += loss.detach().float().item() * y.numel()
+            loss_value = loss.detach().float().item()
+            self.check_finite(loss_value)
+            state.loss_sum += loss_value * y.numel()
             state.correct += (logits.detach().argmax(1) == y).sum().item()
             state.seen += y.numel()
             if acc.sync_gradients:
@@ -522,6 +664,22 @@ class _Loop:
                 return True
         bar.close()
         return False
+
+    def check_finite(self, loss_value: float) -> None:
+        """Stop a diverged run with a message: a NaN/inf loss, or NaN mask parameters (the next forward would
+        fail converting the crop size to an integer). All processes agree, so none waits for a dead one."""
+        if not hasattr(self, '_masks'):
+            names = set(getattr(self.unwrapped, 'mask_parameter_names', list)())
+            self._masks = [p for n, p in self.unwrapped.named_parameters() if n in names]
+        bad = not math.isfinite(loss_value) or not all(bool(torch.isfinite(p).all()) for p in self._masks)
+        if self.acc.num_processes > 1:
+            bad = self._reduce(float(bad)) > 0
+        if bad:
+            state = self.state
+            raise UserError(
+                f"training diverged at epoch {state.epoch + 1}, step {state.global_step} (loss {loss_value:.4g}, "
+                f"non-finite loss or mask parameters): start a new run with a lower --lr (now {self.args.lr:g}) "
+                f"or with --clip-grad; {self.run_dir} keeps the metrics and checkpoints written before.")
 
     def _reduce(self, value: float) -> float:
         t = torch.tensor(float(value), device=self.acc.device, dtype=torch.float64)

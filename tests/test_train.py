@@ -233,3 +233,92 @@ def test_script_bad_input_exit_code(tmp_path):
     lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
     assert len(lines) == 1 and 'Traceback' not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------ issue 12
+@pytest.mark.parametrize('option', [
+    ['--epochs', '-1'], ['--epochs', '0'], ['--lr', 'nan'], ['--batch-size', '0'], ['--train-subset', '0'],
+    ['--grad-accum', '0'], ['--val-size', '-5'], ['--data', 'cifar100'], ['--img-size', '0'],
+    ['--checkpoint-every', '-1'], ['--ema-decay', '1.5'],
+])
+def test_bad_option_is_one_line_error_naming_it(option, tiny_data, tmp_path, capsys):
+    argv = [*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path / 'runs'), '--name', 'x',
+            *option]
+    assert run_cli(train_main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f'error: {option[0]} ') and '\n' not in err, err
+    assert not (tmp_path / 'runs').exists()  # rejected before anything is written
+
+
+def test_unwritable_output_is_an_error_before_training(tiny_data, tmp_path, capsys):
+    (tmp_path / 'a_file').write_text('')
+    argv = [*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path / 'a_file' / 'runs')]
+    assert run_cli(train_main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: --output ') and 'not writable' in err and '\n' not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file']
+
+
+@pytest.mark.skipif(os.name != 'posix' or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_run_folder_is_an_error_before_resuming(tiny_data, tmp_path, capsys):
+    train_main([*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'ro',
+                '--stop-after-steps', '2'])
+    ckpts = tmp_path / 'ro' / 'checkpoints'
+    ckpts.chmod(0o555)
+    try:
+        assert run_cli(train_main, ['--resume', str(tmp_path / 'ro'), '--no-progress']) == 2
+    finally:
+        ckpts.chmod(0o755)
+    assert capsys.readouterr().err.strip().startswith('error: --resume ')
+
+
+def test_diverging_run_stops_with_a_clear_message(tiny_data, tmp_path, capsys):
+    argv = [*TINY, '--data', str(tiny_data), '--epochs', '2', '--output', str(tmp_path), '--name', 'nan',
+            '--opt', 'sgd', '--lr', '1e12', '--warmup-epochs', '0']
+    assert run_cli(train_main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: training diverged at epoch 1') and '--lr' in err and '\n' not in err
+    assert not (tmp_path / 'nan' / 'model.safetensors').exists()
+
+
+class _WritesOnUnpickle:
+    """A pickle that creates a file when loaded with full pickle (what a crafted run folder could do)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
+
+
+@pytest.fixture(scope='module')
+def full_run(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp('full')
+    train_main([*TINY, '--data', str(tiny_data), '--epochs', '2', '--output', str(out), '--name', 'full',
+                '--checkpoint-every', '3', '--ema', '--alias-free'])
+    return out / 'full'
+
+
+@pytest.mark.parametrize('damage', ['unsafe_pickle', 'truncated_weights', 'truncated_optimizer'])
+def test_resume_loads_no_code_and_falls_back_to_an_intact_checkpoint(damage, full_run, tiny_data, tmp_path, capsys):
+    train_main([*TINY, '--data', str(tiny_data), '--epochs', '2', '--output', str(tmp_path), '--name', 'part',
+                '--checkpoint-every', '3', '--ema', '--alias-free', '--stop-after-steps', '7'])
+    folders = sorted((tmp_path / 'part' / 'checkpoints').iterdir())
+    assert [f.name[:13] for f in folders] == ['step_00000006', 'step_00000007']
+    # the layout of every checkpoint so far (Accelerate's registered-object files): old runs must still resume
+    assert {'model.safetensors', 'optimizer.bin', 'random_states_0.pkl', 'custom_checkpoint_0.pkl',
+            'custom_checkpoint_1.pkl', 'custom_checkpoint_2.pkl'} == {p.name for p in folders[-1].iterdir()}
+    marker = tmp_path / 'code_ran'
+    if damage == 'unsafe_pickle':
+        torch.save(_WritesOnUnpickle(marker), folders[-1] / 'custom_checkpoint_1.pkl')
+    else:
+        target = folders[-1] / ('model.safetensors' if damage == 'truncated_weights' else 'optimizer.bin')
+        target.write_bytes(target.read_bytes()[:len(target.read_bytes()) // 2])
+    resumed = train_main(['--resume', str(tmp_path / 'part'), '--no-progress'])
+    assert not marker.exists()
+    out = capsys.readouterr().out
+    assert f'warning: checkpoint {folders[-1]} cannot be restored' in out and 'at epoch 0, step 6' in out, out
+    assert resumed['global_step'] == 16
+    for sub in ('', 'ema/'):  # resumed from step 6: the same weights as the uninterrupted run
+        assert _max_diff(_weights(full_run / sub / 'model.safetensors'),
+                         _weights(tmp_path / 'part' / sub / 'model.safetensors')) <= 1e-6
