@@ -4,14 +4,14 @@ Importing the package registers ``flexnet8/12/16`` and ``flextcn2/4/6`` with tim
 
     import timm, flexconv_zoo
     model = timm.create_model("flexnet16", num_classes=10)
+    model = timm.create_model("flexnet16", pretrained=True)   # the shipped CIFAR-10 weights, checked (loading.py)
 """
-from . import hub, layers, models
+from . import layers, loading, models
 from .layers import FlexConv1d, FlexConv2d
+from .loading import PretrainedWeightsError, WeightsUnavailableError
 from .models import FlexNet, FlexTCN
 
 __version__ = '0.1.0'
 
-# Route timm's pretrained loading of FlexConv models through flexconv_zoo.hub (Hub download, bundled
-# fallback before publication, clear errors for corrupt or mismatched files).
-hub.install_pretrained_loader()
-__all__ = ['hub', 'layers', 'models', 'FlexConv1d', 'FlexConv2d', 'FlexNet', 'FlexTCN', '__version__']
+__all__ = ['layers', 'loading', 'models', 'FlexConv1d', 'FlexConv2d', 'FlexNet', 'FlexTCN', 'PretrainedWeightsError',
+           'WeightsUnavailableError', '__version__']

@@ -1,24 +1,28 @@
-"""A local Hugging Face Hub stand-in for tests (stdlib only), and scenario runners for subprocesses.
+"""A local Hugging Face Hub stand-in for tests (stdlib only), and the scenarios that run against it.
 
-huggingface_hub reads ``HF_ENDPOINT`` / ``HF_HUB_OFFLINE`` / ``HF_HUB_CACHE`` when it is imported (timm imports
-it), so every scenario runs in a fresh interpreter::
+huggingface_hub reads ``HF_ENDPOINT`` / ``HF_HUB_OFFLINE`` / ``HF_HUB_CACHE`` when it is imported (timm imports it),
+so every scenario runs in a fresh interpreter::
 
     python tests/hub_server.py <scenario> <spec.json>
 
-``spec.json``: ``{"repos": {"<org>/<name>": "<folder>"}, "cache": "<HF_HUB_CACHE>", ...}``. The scenario prints
-one JSON line with its observations; the pytest side asserts on it.
+The scenario prints one line ``SCENARIO-RESULT <json>`` with what it observed (outcome, error, seconds, cache
+contents); tests/test_hub.py asserts on it.
 """
+import contextlib
+import errno
 import hashlib
 import http.server
 import json
 import os
 import shutil
+import socket
 import sys
+import tempfile
 import threading
-import traceback
+import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,60 +38,80 @@ def folder_commit(folder: Path) -> str:
 
 
 class LocalHub:
-    """``HEAD/GET /<org>/<name>/resolve/<rev>/<file>`` and ``/api/models/<org>/<name>[/revision/<rev>]``."""
+    """``HEAD/GET /<org>/<name>/resolve/<rev>/<file>`` and ``/api/models/<org>/<name>[/revision/<rev>]``.
 
-    def __init__(self, repos: Dict[str, str]):
+    ``behaviour[repo]`` (changeable while serving): ``'ok'``; ``'500'`` (every request answers HTTP 500);
+    ``'hang'`` (the connection is accepted, no answer ever comes); ``'cut'`` (HEAD is fine, GET sends the full
+    Content-Length and then half the body before closing the connection).
+    """
+
+    def __init__(self, repos: Dict[str, str], behaviour: Optional[Dict[str, str]] = None):
         self.repos = {k: Path(v) for k, v in repos.items()}
-        self.requests = []
+        self.behaviour = dict(behaviour or {})
+        self.requests: List[tuple] = []
+        self.stop_event = threading.Event()
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 
-            def _resolve(self) -> Optional[tuple]:
+            def _target(self) -> Optional[tuple]:
                 parts = self.path.split('?', 1)[0].strip('/').split('/')
-                hub.requests.append((self.command, self.path))
                 if len(parts) >= 5 and parts[2] == 'resolve':
                     return 'file', f'{parts[0]}/{parts[1]}', '/'.join(parts[4:])
                 if len(parts) >= 4 and parts[0] == 'api' and parts[1] == 'models':
                     return 'api', f'{parts[2]}/{parts[3]}', None
                 return None
 
-            def _error(self, code: str) -> None:
-                self.send_response(404)
-                self.send_header('X-Error-Code', code)
-                self.send_header('X-Error-Message', code)
-                self.send_header('Content-Length', '0')
+            def _send(self, code: int, headers: Dict[str, str], body: bytes = b'') -> None:
+                self.send_response(code)
+                for k, v in headers.items():
+                    self.send_header(k, v)
                 self.end_headers()
+                if body:
+                    self.wfile.write(body)
+
+            def _error(self, code: int, error_code: str) -> None:
+                self._send(code, {'X-Error-Code': error_code, 'X-Error-Message': error_code, 'Content-Length': '0'})
 
             def _serve(self, body: bool) -> None:
-                target = self._resolve()
+                target = self._target()
+                hub.requests.append((self.command, self.path))
                 if target is None:
-                    return self._error('EntryNotFound')
+                    return self._error(404, 'EntryNotFound')
                 kind, repo, filename = target
+                mode = hub.behaviour.get(repo, 'ok')
+                if mode == 'hang':
+                    hub.stop_event.wait()  # never answers while the test runs
+                    return
+                if mode == '500':
+                    return self._send(500, {'Content-Length': '0'})
                 folder = hub.repos.get(repo)
                 if folder is None:
-                    return self._error('RepoNotFound')
+                    return self._error(404, 'RepoNotFound')
                 commit = folder_commit(folder)
                 if kind == 'api':
-                    payload = json.dumps({'id': repo, 'sha': commit, 'siblings': [
+                    data = json.dumps({'id': repo, 'sha': commit, 'siblings': [
                         {'rfilename': p.name} for p in sorted(folder.iterdir()) if p.is_file()]}).encode()
-                    data, etag = payload, hashlib.sha256(payload).hexdigest()
                 else:
                     path = folder / filename
                     if not path.is_file():
-                        return self._error('EntryNotFound')
+                        return self._error(404, 'EntryNotFound')
                     data = path.read_bytes()
-                    etag = hashlib.sha256(data).hexdigest()
-                self.send_response(200)
-                self.send_header('X-Repo-Commit', commit)
-                self.send_header('ETag', f'"{etag}"')
-                self.send_header('Content-Length', str(len(data)))
-                self.send_header('Content-Type', 'application/octet-stream')
-                self.end_headers()
-                if body:
-                    self.wfile.write(data)
+                headers = {'X-Repo-Commit': commit, 'ETag': f'"{hashlib.sha256(data).hexdigest()}"',
+                           'Content-Length': str(len(data)), 'Content-Type': 'application/octet-stream'}
+                if not body:
+                    return self._send(200, headers)
+                if mode == 'cut' and kind == 'file':
+                    self._send(200, dict(headers, Connection='close'), data[:len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self._send(200, headers, data)
 
             def do_HEAD(self) -> None:
                 self._serve(body=False)
@@ -96,6 +120,7 @@ class LocalHub:
                 self._serve(body=True)
 
         self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -106,124 +131,140 @@ class LocalHub:
         self.thread.start()
         return self
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 def populate_cache(cache: Path, repos: Dict[str, str]) -> None:
-    """Lay out ``models--<org>--<name>/{refs/main, snapshots/<sha>/<files>}`` like a warm HF cache."""
+    """Lay out ``models--<org>--<name>/{refs/main, blobs/<sha256>, snapshots/<commit>/<file>}`` like a warm cache."""
     for repo, folder in repos.items():
         folder = Path(folder)
         commit = folder_commit(folder)
         base = cache / f"models--{repo.replace('/', '--')}"
         (base / 'refs').mkdir(parents=True, exist_ok=True)
         (base / 'refs' / 'main').write_text(commit)
+        (base / 'blobs').mkdir(exist_ok=True)
         snapshot = base / 'snapshots' / commit
         snapshot.mkdir(parents=True, exist_ok=True)
         for path in folder.iterdir():
             if path.is_file():
-                shutil.copy(path, snapshot / path.name)
+                blob = base / 'blobs' / hashlib.sha256(path.read_bytes()).hexdigest()
+                shutil.copy(path, blob)
+                (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
+
+
+def cache_files(cache: Path, repo: str) -> List[str]:
+    """Every file (blob, snapshot entry, temporary download) the cache holds for ``repo``, relative names."""
+    base = Path(cache) / f"models--{repo.replace('/', '--')}"
+    return sorted(str(p.relative_to(base)) for p in base.rglob('*')
+                  if (p.is_file() or p.is_symlink()) and 'refs' not in p.parts) if base.is_dir() else []
+
+
+# ---------------------------------------------------------------------------------------------- observing a load
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[List[str]]:
+    """Collect what is written to file descriptor 2 (warnings, logging, tracebacks of threads) meanwhile."""
+    lines: List[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode='w+b') as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(ln for ln in tmp.read().decode(errors='replace').splitlines() if ln.strip())
+
+
+def observe(fn: Callable[[], Any]) -> Dict[str, Any]:
+    """Run ``fn``: its value or its exception (type, message), the seconds it took and its stderr lines."""
+    warnings.simplefilter('default')
+    start = time.monotonic()
+    with captured_stderr() as lines:
+        try:
+            out = {'ok': True, 'value': fn()}
+        except Exception as err:  # the pytest side asserts on the type and message
+            out = {'ok': False, 'type': type(err).__name__, 'error': str(err)}
+    out['seconds'] = time.monotonic() - start
+    out['stderr'] = lines
+    return out
+
+
+def load(name: str, reference: Optional[str] = None, **kwargs: Any) -> Dict[str, Any]:
+    """``timm.create_model(name, pretrained=True, **kwargs)``; the max logit error on a stored reference."""
+    import timm
+    import torch
+    start = time.monotonic()
+    model = timm.create_model(name, pretrained=True, **kwargs).eval()
+    out: Dict[str, Any] = {'file': model.pretrained_cfg.get('file'), 'create_seconds': time.monotonic() - start}
+    if reference:
+        import safetensors.torch
+        ref = safetensors.torch.load_file(reference)
+        with torch.no_grad():
+            out['max_abs_err'] = float((model(ref['input']) - ref['logits']).abs().max())
+    return out
+
+
+def block_network() -> List[tuple]:
+    """Make every socket connection fail as on a machine without a network; returns the attempts made."""
+    attempts: List[tuple] = []
+
+    def unreachable(self: socket.socket, address: Any) -> None:
+        attempts.append(address)
+        raise OSError(errno.ENETUNREACH, 'Network is unreachable')
+
+    def no_dns(host: Any, *args: Any, **kwargs: Any) -> Any:
+        attempts.append(host)
+        raise socket.gaierror(socket.EAI_AGAIN, 'Temporary failure in name resolution')
+
+    socket.socket.connect = unreachable
+    socket.getaddrinfo = no_dns
+    return attempts
 
 
 # ---------------------------------------------------------------------------------------------- scenarios
-def _try(fn: Callable[[], Any]) -> Dict[str, Any]:
-    """Run ``fn``; record its result or its exception, and the warnings it raised."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        try:
-            value = fn()
-            out = {'ok': True, 'value': value}
-        except Exception as err:  # the pytest side asserts on the type and message
-            out = {'ok': False, 'type': type(err).__name__, 'error': str(err),
-                   'trace': traceback.format_exc(limit=3)}
-    out['warnings'] = [f'{w.category.__name__}: {w.message}' for w in caught
-                       if 'flexconv' in w.category.__module__ or w.category.__name__ == 'BundledWeightsWarning']
-    return out
-
-
-def _logits_match(model: Any, reference_file: str) -> Dict[str, Any]:
-    import safetensors.torch
-    import torch
-    ref = safetensors.torch.load_file(reference_file)
-    model.eval()
-    with torch.no_grad():
-        out = model(ref['input'])
-    return {'max_abs_err': float((out - ref['logits']).abs().max()), 'shape': list(out.shape)}
-
-
-def _load_and_compare(name: str, reference_file: str, **kwargs: Any) -> Dict[str, Any]:
+def scenario_server(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Loads against the stand-in: every tag from the Hub, hf-hub:, then each failure mode."""
+    hub = LocalHub(spec['repos'], spec.get('behaviour')).start()
+    os.environ['HF_ENDPOINT'] = hub.endpoint
     import timm
-    model = timm.create_model(name, pretrained=True, **kwargs)
-    result = _logits_match(model, reference_file)
-    result['source'] = model.pretrained_cfg.get('hf_hub_id') or model.pretrained_cfg.get('file')
-    return result
-
-
-def scenario_tags(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """Every tag through ``timm.create_model(tag, pretrained=True)`` (+ checks listed in the spec)."""
-    import timm  # noqa: F401  (after the environment is set)
-    import torch
     import flexconv_zoo  # noqa: F401
-    from flexconv_zoo.hub import pretrained_tags
-    out: Dict[str, Any] = {'tags_registered': pretrained_tags(), 'tags': {}}
-    for tag, reference in spec['tags'].items():
-        out['tags'][tag] = _try(lambda: _load_and_compare(tag, reference))
-    if 'hf_hub' in spec:
-        repo, reference = spec['hf_hub']
-        out['hf_hub'] = _try(lambda: _load_and_compare(f'hf-hub:{repo}', reference))
-    if 'adapt' in spec:
-        tag, weights = spec['adapt']
-
-        def adapt() -> Dict[str, Any]:
-            import safetensors.torch
-            m = timm.create_model(tag, pretrained=True, num_classes=100, in_chans=1).eval()
-            src = safetensors.torch.load_file(weights)
-            key = 'stem.conv.kernel_net.output.weight'
-            out_chs = m.stem.conv.out_channels
-            expected = src[key].reshape(out_chs, 3, -1).sum(1)  # timm's rule for 1 channel: sum over RGB
-            logits = m(torch.randn(2, 1, *m.pretrained_cfg['input_size'][1:]))
-            return {'head': list(m.get_classifier().weight.shape), 'logits': list(logits.shape),
-                    'stem_ok': bool(torch.allclose(m.state_dict()[key], expected, atol=1e-6)),
-                    'body_ok': all(torch.equal(m.state_dict()[k], v) for k, v in src.items()
-                                   if k.startswith('blocks.') and not k.endswith('num_batches_tracked'))}
-        out['adapt'] = _try(adapt)
-    for label, (tag, repo) in spec.get('broken', {}).items():
-        out[label] = _try(lambda: _load_and_compare(
-            tag, spec['tags'].get(tag, ''), pretrained_cfg_overlay=dict(hf_hub_id=repo)))
-    if 'stop_then' in spec:
-        hub.stop()
-        for label, (tag, reference, repo) in spec['stop_then'].items():
-            overlay = dict(hf_hub_id=repo) if repo else None
-            out[label] = _try(lambda: _load_and_compare(tag, reference, pretrained_cfg_overlay=overlay))
-    if 'bundled_env' in spec:
-        for label, (env, tag, reference) in spec['bundled_env'].items():
-            os.environ['FLEXCONV_ZOO_HUB_CONFIGS'] = env
-            out[label] = _try(lambda: _load_and_compare(tag, reference))
-    out['requests'] = len(hub.requests) if hub is not None else 0
+    cache = spec['cache']
+    out: Dict[str, Any] = {}
+    for label, item in spec['loads'].items():
+        hub.behaviour.update(item.get('behaviour', {}))
+        out[label] = observe(lambda: load(item['name'], item.get('reference'), **item.get('kwargs', {})))
+        out[label]['cache'] = cache_files(Path(cache), item.get('repo', ''))
+    out['requests'] = len(hub.requests)
+    hub.stop_event.set()
+    del timm
     return out
 
 
-hub: Optional[LocalHub] = None
+def scenario_client(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Loads with whatever environment the parent set (refused port, offline), or with the network blocked."""
+    attempts = block_network() if spec.get('block_network') else None
+    start = time.monotonic()
+    import timm  # noqa: F401
+    import flexconv_zoo  # noqa: F401
+    out: Dict[str, Any] = {'import_seconds': time.monotonic() - start}
+    for label, item in spec['loads'].items():
+        out[label] = observe(lambda: load(item['name'], item.get('reference'), **item.get('kwargs', {})))
+        if item.get('repo'):
+            out[label]['cache'] = cache_files(Path(item['kwargs'].get('cache_dir') or spec['cache']), item['repo'])
+    out['connect_attempts'] = len(attempts) if attempts is not None else None
+    return out
 
 
 def main() -> None:
-    global hub
     scenario, spec_file = sys.argv[1], sys.argv[2]
     spec = json.loads(Path(spec_file).read_text())
-    os.environ['HF_HUB_CACHE'] = spec['cache']
-    os.environ['FLEXCONV_ZOO_HUB_CONFIGS'] = spec.get('bundled', '')
-    os.environ.pop('HF_HUB_OFFLINE', None)
-    if scenario == 'server':
-        hub = LocalHub(spec['repos']).start()
-        os.environ['HF_ENDPOINT'] = hub.endpoint
-    elif scenario == 'offline':
-        os.environ['HF_HUB_OFFLINE'] = '1'
-        populate_cache(Path(spec['cache']), spec.get('repos', {}))
-    else:
-        raise SystemExit(f'unknown scenario {scenario}')
     sys.path.insert(0, str(REPO_ROOT))
-    print('SCENARIO-RESULT ' + json.dumps(scenario_tags(spec)))
+    for repo, folder in spec.get('warm', {}).items():
+        populate_cache(Path(spec['cache']), {repo: folder})
+    fn = {'server': scenario_server, 'client': scenario_client}[scenario]
+    print('SCENARIO-RESULT ' + json.dumps(fn(spec)), flush=True)
+    os._exit(0)  # the stand-in may still hold a 'hang' connection open
 
 
 if __name__ == '__main__':

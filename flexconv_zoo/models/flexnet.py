@@ -21,11 +21,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead, get_device_dtype, register_notrace_module, to_2tuple
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..data.datasets import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from ..layers import FlexConv1d, FlexConv2d, FlexConvNd
+from ..loading import build_flexconv_model, hub_weights
 from ._base import FlexConvModelMixin, check_image_input, pretrained_input_size, resample_to, sync_cfg_input_size
 from ._checkpoint import checkpoint_filter_fn
 
@@ -267,7 +268,7 @@ def _create_flexnet(variant: str, pretrained: bool = False, **kwargs: Any) -> Fl
     if trained is not None:
         kwargs['img_size'] = trained[-2:]
     num_blocks = len(kwargs.get('widths', ()))
-    model = build_model_with_cfg(
+    model = build_flexconv_model(
         FlexNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=tuple(range(num_blocks)), flatten_sequential=True),
@@ -292,13 +293,15 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     }
 
 
-HUB_ORG = 'flexconv-zoo'
-
+# Published tags: the shipped copy is the source (no network), hf_hub_id once published, sha256 of the bytes.
 default_cfgs = generate_default_cfgs({
-    'flexnet16.cifar10': _cfg(hf_hub_id=f'{HUB_ORG}/flexnet16.cifar10', label_names=CIFAR10_CLASSES),
+    'flexnet16.cifar10': _cfg(
+        **hub_weights('flexnet16.cifar10', 'b7c6b4c307f7fcfc32cd37b525d7e0ea761f587cb0227cfd344be46e357889f2'),
+        label_names=CIFAR10_CLASSES),
     'flexnet16.cifar10_16px_alias_free': _cfg(
-        hf_hub_id=f'{HUB_ORG}/flexnet16.cifar10_16px_alias_free', label_names=CIFAR10_CLASSES,
-        input_size=(3, 16, 16), pool_size=(16, 16), test_input_size=(3, 32, 32)),
+        **hub_weights('flexnet16.cifar10_16px_alias_free',
+                      'ba2e8cdc7e69aba137f1b0c290ffc71d22413a05099e2c2d3b689fe1c1a1d30e'),
+        label_names=CIFAR10_CLASSES, input_size=(3, 16, 16), pool_size=(16, 16), test_input_size=(3, 32, 32)),
     'flexnet12.untrained': _cfg(),
     'flexnet8.untrained': _cfg(),
 })

@@ -20,10 +20,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..layers import FlexConv1d
+from ..loading import HUB_ORG, build_flexconv_model, hub_weights  # noqa: F401 (HUB_ORG for new tags)
 from ._base import FlexConvModelMixin, as_sequence, pretrained_input_size, resample_to, sync_cfg_input_size, restore_layout
 from ._checkpoint import checkpoint_filter_fn
 
@@ -304,7 +305,7 @@ def _create_flextcn(variant: str, pretrained: bool = False, **kwargs: Any) -> Fl
     if trained is not None:
         kwargs['seq_len'] = trained[-1]
     num_blocks = len(kwargs.get('widths', ()))
-    model = build_model_with_cfg(
+    model = build_flexconv_model(
         FlexTCN, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         # Features come from forward_intermediates, which accepts both (B, C, L) and (B, C, 1, L).
@@ -330,19 +331,17 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     }
 
 
-HUB_ORG = 'flexconv-zoo'
-
-
-def _mnist1d_cfg(name: str) -> Dict[str, Any]:
+def _mnist1d_cfg(name: str, sha256: str) -> Dict[str, Any]:
     # MNIST-1D (Greydanus 2020): 10 classes of length-40, 1-channel sequences, generated offline by `mnist1d`.
-    return _cfg(hf_hub_id=f'{HUB_ORG}/{name}.mnist1d', input_size=(1, 1, 40), pool_size=(1, 40),
+    return _cfg(**hub_weights(f'{name}.mnist1d', sha256), input_size=(1, 1, 40), pool_size=(1, 40),
                 label_names=tuple(str(digit) for digit in range(10)))
 
 
+# Published tags: the shipped copy is the source (no network), hf_hub_id once published, sha256 of the bytes.
 default_cfgs = generate_default_cfgs({
-    'flextcn2.mnist1d': _mnist1d_cfg('flextcn2'),
-    'flextcn4.mnist1d': _mnist1d_cfg('flextcn4'),
-    'flextcn6.mnist1d': _mnist1d_cfg('flextcn6'),
+    'flextcn2.mnist1d': _mnist1d_cfg('flextcn2', 'd594d66d9bca432f2b9de54598320a46b180ae0bc092387aa3699c88188a1204'),
+    'flextcn4.mnist1d': _mnist1d_cfg('flextcn4', '8e104d7fc80d13538fbdb0d79362225e23f19c012802d061a2c9ac2fa5659d37'),
+    'flextcn6.mnist1d': _mnist1d_cfg('flextcn6', '0e3c992f97b39532100c8a42a28f231b42e29a67e35306ccd28b6ff0417540c5'),
     'flextcn2.untrained': _cfg(),
     'flextcn4.untrained': _cfg(),
     'flextcn6.untrained': _cfg(),
