@@ -25,10 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from .evaluation import UserError, atomic_write_text, evaluate, load_weights, min_input_size, parse_model_kwargs
+from .progressive import parse_size_schedule, size_at_epoch
 
 __all__ = ['build_train_parser', 'train_main', 'latest_checkpoint', 'checkpoint_folders', 'param_groups',
            'rebase_input_size', 'EpochSampler', 'TrainState']
@@ -50,6 +52,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--source-img-size', type=int,
                    help="resolution a bare --initial-checkpoint file was trained at (default: --img-size)")
     g.add_argument('--img-size', type=int, help="training resolution (default: the data's native size)")
+    g.add_argument('--img-size-schedule', nargs='+', metavar='SIZE:FRACTION',
+                   help="progressive resolution: train at SIZE from FRACTION of the epochs on, e.g. 20:0 32:0.6; the "
+                        "kernels are resampled at each switch and one learning-rate schedule spans the whole run")
     g = p.add_argument_group('data')
     g.add_argument('--data', default='cifar10', help="cifar10, fashion_mnist, mnist1d, speech_commands[_raw], "
                    "character_trajectories or an ImageFolder path")
@@ -59,6 +64,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--eval-subset', type=int, help="validate/test on seeded subsets of this many examples")
     g.add_argument('--no-augment', action='store_true', help="no random crop / flip")
     g.add_argument('--workers', type=int, default=0, help="data loader workers per process")
+    g.add_argument('--batch-augment', action='store_true',
+                   help="in-memory uint8 images (CIFAR-10, Fashion-MNIST) augmented a whole batch at a time: the same "
+                        "crop + flip recipe without per-image Python work (flexconv_zoo.data.batch_augment)")
     g = p.add_argument_group('optimisation (defaults: the paper recipe)')
     g.add_argument('--epochs', type=int, default=350)
     g.add_argument('--batch-size', type=int, default=64, help="per process")
@@ -105,6 +113,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--stop-after-steps', type=int,
                    help="checkpoint and stop after this many optimizer steps (a resumable pause; simulates a kill)")
     g.add_argument('--no-progress', dest='progress', action='store_false', help="no progress bar")
+    g.add_argument('--track-test', action='store_true',
+                   help="also evaluate the test split after every epoch, for learning curves only: model selection "
+                        "stays on the validation split")
     return p
 
 
@@ -121,6 +132,7 @@ class TrainState:
     epoch_seconds: float = 0.0
     best_top1: float = -1.0
     best_epoch: int = -1
+    img_size: Optional[int] = None  # resolution the weights are defined at (changes in progressive runs)
     history: List[Dict[str, Any]] = field(default_factory=list)
 
     def state_dict(self) -> Dict[str, Any]:
@@ -322,6 +334,13 @@ def _validate_args(args: argparse.Namespace) -> None:
             continue
         if not math.isfinite(value) or value < low or (value == low and not inclusive):
             raise bad(option, value, f"a finite number {'>=' if inclusive else '>'} {low:g}")
+    try:
+        stages = parse_size_schedule(getattr(args, 'img_size_schedule', None))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if stages and args.img_size is not None and args.img_size != stages[0].img_size:
+        raise UserError(f"--img-size {args.img_size} disagrees with --img-size-schedule, which starts at "
+                        f"{stages[0].img_size} px: leave --img-size out.")
     if not 0 <= args.smoothing < 1:
         raise bad('--smoothing', args.smoothing, "in [0, 1)")
     if not 0 <= args.ema_decay <= 1:
@@ -385,10 +404,15 @@ def _build_model(args: argparse.Namespace, splits) -> tuple:
     kwargs = dict(num_classes=splits.num_classes, in_chans=splits.in_chans, **parse_model_kwargs(args.model_kwargs))
     sequence = splits.kind == 'sequence'
     if sequence:
+        if getattr(args, 'img_size_schedule', None):
+            raise UserError(f"--img-size-schedule is for image models; {args.model} on {splits.name} trains at the "
+                            f"sequence length.")
         kwargs['seq_len'] = int(splits.native_size[0])
         input_kwargs = dict(seq_len=kwargs['seq_len'])
     else:
+        stages = parse_size_schedule(getattr(args, 'img_size_schedule', None))
         size = args.img_size if args.img_size is not None else (splits.native_size[0] if splits.native_size else None)
+        size = stages[0].img_size if stages else size
         size = size or timm.models.get_pretrained_cfg(args.model).input_size[-1]
         if size < 2:
             raise UserError(f"--img-size {size} is smaller than the 2 px {args.model} accepts.")
@@ -425,17 +449,18 @@ def _build_model(args: argparse.Namespace, splits) -> tuple:
 
 
 @torch.no_grad()
-def rebase_input_size(model: nn.Module, **size: Any) -> None:
+def rebase_input_size(model: nn.Module, rescale: bool = True, **size: Any) -> None:
     """Move a FlexConv model to a new training size without changing its function.
 
     ``model.set_input_size(**size)`` resamples every continuous kernel on the new grid and scales it by
     ``(src / tgt)^D`` (the paper's protocol); that factor is then folded into each kernel net's output layer and
     the new size becomes the model's source size. Fine-tuning then trains, regularises (alias-free Nyquist) and
-    exports the weights at the new size. No-op when the size does not change.
+    exports the weights at the new size. No-op when the size does not change. ``rescale=False`` only declares
+    the size, for weights that are already defined at it (a checkpoint of a progressive run about to be loaded).
     """
     from .layers.resolution import sampling_rate_scale
     model.set_input_size(**size)
-    for layer in getattr(model, 'flexconv_layers', lambda: ())():
+    for layer in getattr(model, 'flexconv_layers', lambda: ())() if rescale else ():
         scale = sampling_rate_scale(layer.source_grid, layer.grid)
         if scale == 1.0:
             continue
@@ -498,6 +523,46 @@ def _loader(dataset, batch_size: int, workers: int, sampler=None, seed: int = 0)
         generator=torch.Generator().manual_seed(seed), persistent_workers=False)
 
 
+class _LoaderBatches:
+    """Training batches from a DataLoader (per-image transforms), sharded by Accelerate; the interface of
+    :class:`~flexconv_zoo.data.batch_augment.InMemoryBatches`."""
+
+    def __init__(self, loader, sampler: EpochSampler, dataset, accelerator):
+        self.loader, self.sampler, self.dataset, self.acc = loader, sampler, dataset, accelerator
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_size(self, size: int) -> None:
+        pass  # the transforms are rebuilt from the model's data config (``_Loop.enter_size``)
+
+    def batches(self, epoch: int, start: int = 0):
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        loader = self.acc.skip_first_batches(self.loader, start) if start else self.loader
+        if hasattr(loader, 'set_epoch'):  # Accelerate's loaders re-set the sampler's epoch when iterated
+            loader.set_epoch(epoch)
+        return iter(loader)
+
+
+def _train_batches(args: argparse.Namespace, splits, accelerator, input_kwargs: Dict[str, Any]):
+    """The training input: whole-batch augmentation of in-memory images (``--batch-augment``) or a DataLoader."""
+    if not getattr(args, 'batch_augment', False):
+        sampler = EpochSampler(len(splits.train), args.seed)
+        loader = accelerator.prepare(_loader(splits.train, args.batch_size, args.workers, sampler, args.seed))
+        return _LoaderBatches(loader, sampler, splits.train, accelerator)
+    from .data.batch_augment import BatchAugment, InMemoryBatches
+    data = getattr(splits.train.base, 'data', None)
+    if splits.kind != 'image' or not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        raise UserError(f"--batch-augment needs images held in memory as uint8 arrays (cifar10, fashion_mnist); "
+                        f"{splits.name} is read image by image: leave --batch-augment out.")
+    padding, flip = (0, False) if args.no_augment else (4, True)
+    augment = BatchAugment(input_kwargs['img_size'], padding=padding, hflip=flip, mean=splits.mean, std=splits.std)
+    return InMemoryBatches(data[splits.train.indices], splits.train.targets, args.batch_size, augment,
+                           seed=args.seed, rank=accelerator.process_index, num_processes=accelerator.num_processes,
+                           device=accelerator.device)
+
+
 def _resume(accelerator, run_dir: Path, custom_objects: Sequence[Any]) -> Path:
     """Load the newest intact checkpoint; a damaged newer one (a crash mid-copy, a full disk) is reported and
     skipped. Nothing is restored from a checkpoint until all of its files have been read."""
@@ -545,22 +610,20 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     train_tf, eval_tf = _transforms(model, splits, augment=not args.no_augment)
     splits.set_transforms(train_tf, eval_tf)
 
-    sampler = EpochSampler(len(splits.train), args.seed)
-    train_loader = _loader(splits.train, args.batch_size, args.workers, sampler, args.seed)
     val_loader = _loader(splits.val, args.batch_size * 2, args.workers)
     test_loader = _loader(splits.test, args.batch_size * 2, args.workers)
 
     optimizer = create_optimizer_v2(param_groups(model, args.weight_decay, args.mask_lr_scale), opt=args.opt,
                                     lr=args.lr, weight_decay=args.weight_decay)
-    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, test_loader)
-    updates_per_epoch = math.ceil(len(train_loader) / args.grad_accum)
+    model, optimizer, val_loader, test_loader = accelerator.prepare(model, optimizer, val_loader, test_loader)
+    train_batches = _train_batches(args, splits, accelerator, input_kwargs)
+    updates_per_epoch = math.ceil(len(train_batches) / args.grad_accum)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=min(args.warmup_epochs, args.epochs / 10),
         warmup_lr=args.warmup_lr, min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     unwrapped = accelerator.unwrap_model(model)
     ema = ModelEmaV3(unwrapped, decay=args.ema_decay) if args.ema else None
-    state = TrainState()
+    state = TrainState(img_size=input_kwargs.get('img_size'))
     custom_objects = (scheduler, state) + ((ema,) if ema is not None else ())  # checkpoint order: never reorder
 
     if args.resume:
@@ -579,7 +642,10 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     criterion = nn.CrossEntropyLoss(label_smoothing=args.smoothing)
     loop = _Loop(args, accelerator, model, unwrapped, optimizer, scheduler, ema, criterion, state, run_dir, splits)
     loop.custom_objects = custom_objects
-    stopped = loop.run(train_loader, sampler, val_loader, updates_per_epoch)
+    loop.train_batches = train_batches
+    if args.resume and state.img_size is not None and state.img_size != input_kwargs.get('img_size'):
+        loop.enter_size(state.img_size, rescale=False)  # the checkpoint's weights are defined at its size
+    stopped = loop.run(val_loader, test_loader)
     if stopped:
         accelerator.print(f"stopped after step {state.global_step}; continue with --resume {run_dir}")
         return dict(run_dir=str(run_dir), stopped=True, global_step=state.global_step)
@@ -598,21 +664,30 @@ class _Loop:
     def checkpoint(self) -> None:
         _save_checkpoint(self.acc, self.run_dir, self.state, self.args.keep_checkpoints, self.custom_objects)
 
-    def run(self, train_loader, sampler, val_loader, updates_per_epoch: int) -> bool:
+    def run(self, val_loader, test_loader) -> bool:
         """Train to the last epoch; True when stopped early by ``--stop-after-steps``."""
         args, state = self.args, self.state
+        stages = parse_size_schedule(getattr(args, 'img_size_schedule', None))
         while state.epoch < args.epochs:
-            sampler.set_epoch(state.epoch)
-            self.splits.train.set_epoch(state.epoch)
-            loader = train_loader
-            if state.batch_in_epoch:
-                loader = self.acc.skip_first_batches(train_loader, state.batch_in_epoch)
-            if hasattr(loader, 'set_epoch'):  # Accelerate's loaders re-set the sampler's epoch when iterated
-                loader.set_epoch(state.epoch)
-            if self.train_epoch(loader, len(train_loader)):
+            if stages:
+                size = size_at_epoch(stages, args.epochs, state.epoch)
+                if size != state.img_size:
+                    self.acc.print(f"epoch {state.epoch + 1}: training resolution {state.img_size} -> {size} px "
+                                   f"(kernels resampled)")
+                    self.enter_size(size)
+            batches = self.train_batches.batches(state.epoch, state.batch_in_epoch)
+            if self.train_epoch(batches, len(self.train_batches)):
                 return True
-            self.end_epoch(val_loader)
+            self.end_epoch(val_loader, test_loader)
         return False
+
+    def enter_size(self, img_size: int, rescale: bool = True) -> None:
+        """Resample the model (and its EMA) at a new training size and rebuild the inputs to match."""
+        for model in (self.unwrapped,) + ((self.ema.module,) if self.ema is not None else ()):
+            rebase_input_size(model, rescale=rescale, img_size=img_size)
+        self.state.img_size = img_size
+        self.splits.set_transforms(*_transforms(self.unwrapped, self.splits, augment=not self.args.no_augment))
+        self.train_batches.set_size(img_size)
 
     def train_epoch(self, loader, num_batches: int) -> bool:
         from tqdm.auto import tqdm
@@ -685,26 +760,39 @@ class _Loop:
         t = torch.tensor(float(value), device=self.acc.device, dtype=torch.float64)
         return self.acc.reduce(t, reduction='sum').item()
 
-    def end_epoch(self, val_loader) -> None:
+    def end_epoch(self, val_loader, test_loader=None) -> None:
         state, acc = self.state, self.acc
         seen = self._reduce(state.seen)
         row = dict(epoch=state.epoch + 1, step=state.global_step, lr=self.optimizer.param_groups[0]['lr'],
                    train_loss=self._reduce(state.loss_sum) / seen, train_top1=100 * self._reduce(state.correct) / seen,
                    epoch_seconds=state.epoch_seconds, train_images_per_s=seen / max(state.epoch_seconds, 1e-9))
+        if state.img_size is not None:
+            row['img_size'] = state.img_size
+        if hasattr(self.unwrapped, 'kernel_sizes'):  # the learned kernel size, averaged over layers
+            row['mean_kernel_size'] = float(np.mean([np.mean(k) for k in self.unwrapped.kernel_sizes()]))
         val = evaluate(self.model, val_loader, accelerator=acc)
         row.update(val_loss=val['loss'], val_top1=val['top1'], val_top5=val['top5'])
+        candidates = [('model', self.unwrapped, val['top1'])]
         if self.ema is not None:
             ema_val = evaluate(self.ema.module, val_loader, accelerator=acc)
             row.update(ema_val_top1=ema_val['top1'], ema_val_loss=ema_val['loss'])
+            candidates.append(('ema', self.ema.module, ema_val['top1']))
+        if getattr(self.args, 'track_test', False) and test_loader is not None:
+            # learning curves only: never read by the selection below
+            row['test_top1'] = evaluate(self.model, test_loader, accelerator=acc)['top1']
+            if self.ema is not None:
+                row['ema_test_top1'] = evaluate(self.ema.module, test_loader, accelerator=acc)['top1']
         state.history.append(row)
         acc.print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f} | val loss "
-                  f"{row['val_loss']:.4f} top1 {row['val_top1']:.2f} | {row['epoch_seconds']:.1f} s, "
-                  f"{row['train_images_per_s']:.0f} img/s")
-        if val['top1'] > state.best_top1:
-            state.best_top1, state.best_epoch = val['top1'], row['epoch']
+                  f"{row['val_loss']:.4f} top1 {row['val_top1']:.2f}"
+                  + (f" | ema val top1 {row['ema_val_top1']:.2f}" if 'ema_val_top1' in row else '')
+                  + f" | {row['epoch_seconds']:.1f} s, {row['train_images_per_s']:.0f} img/s")
+        kind, module, top1 = max(candidates, key=lambda c: c[2])  # EMA or raw weights, chosen on validation
+        if top1 > state.best_top1:
+            state.best_top1, state.best_epoch = top1, row['epoch']
             if acc.is_main_process:
-                _export(self.unwrapped, self.run_dir / 'best', self.splits.class_names,
-                        dict(flexconv_zoo=dict(epoch=row['epoch'], val_top1=val['top1'], selected_on='val')))
+                _export(module, self.run_dir / 'best', self.splits.class_names,
+                        dict(flexconv_zoo=dict(epoch=row['epoch'], val_top1=top1, weights=kind, selected_on='val')))
         state.epoch += 1
         state.start_epoch()
         if acc.is_main_process:

@@ -1,0 +1,162 @@
+"""Progressive resolution (--img-size-schedule) and whole-batch augmentation (--batch-augment)."""
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+
+import flexconv_zoo  # noqa: F401  (registers the models)
+from flexconv_zoo.data.batch_augment import BatchAugment, InMemoryBatches, _seed
+from flexconv_zoo.evaluation import UserError, run_cli
+from flexconv_zoo.progressive import Stage, parse_size_schedule, size_at_epoch, stage_start_epochs
+from flexconv_zoo.training import train_main
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+TINY = ['--model', 'flexnet8', '--model-kwargs', 'widths=8,8', 'kernel_hidden=8', '--batch-size', '8',
+        '--val-size', '8', '--no-progress']
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+def test_schedule_parsing_and_stage_epochs():
+    stages = parse_size_schedule(['20:0', '32:0.6'])
+    assert stages == [Stage(20, 0.0), Stage(32, 0.6)]
+    assert stage_start_epochs(stages, 10) == [0, 6]
+    assert [size_at_epoch(stages, 10, e) for e in range(10)] == [20] * 6 + [32] * 4
+    assert parse_size_schedule(None) == []
+
+
+@pytest.mark.parametrize('items, match', [
+    (['20'], 'not SIZE:FRACTION'), (['a:0'], 'not SIZE:FRACTION'), (['20:0.1', '32:0.5'], 'fraction 0'),
+    (['20:0', '32:0.6', '24:0.5'], 'must increase'), (['1:0'], '>= 2 px'), (['20:0', '32:1.0'], r'\[0, 1\)'),
+])
+def test_schedule_rejects_bad_items(items, match):
+    with pytest.raises(ValueError, match=match):
+        parse_size_schedule(items)
+
+
+# ---------------------------------------------------------------------------------------------- batch augment
+def test_batch_augment_is_crop_flip_resize_normalise():
+    images = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    aug = BatchAugment(8, padding=2, hflip=True, mean=mean, std=std)
+    out = aug(images, torch.Generator().manual_seed(3))
+    # replay the draws in their order: crop rows, crop columns, flips
+    g = torch.Generator().manual_seed(3)
+    dy, dx = torch.randint(0, 5, (6, 1), generator=g), torch.randint(0, 5, (6, 1), generator=g)
+    flips = torch.rand(6, generator=g) < 0.5
+    padded = F.pad(images, (2, 2, 2, 2))
+    for i in range(6):
+        crop = padded[i, :, dy[i, 0]:dy[i, 0] + 12, dx[i, 0]:dx[i, 0] + 12]
+        crop = crop.flip(-1) if flips[i] else crop
+        ref = F.interpolate(crop[None].float() / 255, size=(8, 8), mode='bilinear', antialias=True)[0]
+        ref = (ref - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+        torch.testing.assert_close(out[i], ref)
+    assert 0 < flips.sum() < 6  # both branches exercised by this seed
+    # no padding, no flip, same size: only the normalisation
+    plain = BatchAugment(12, padding=0, hflip=False)(images, torch.Generator())
+    torch.testing.assert_close(plain, (images.float() / 255 - 0.5) / 0.5)
+    with pytest.raises(ValueError, match='uint8'):
+        aug(images.float(), torch.Generator())
+
+
+def test_in_memory_batches_resume_and_shard():
+    images = np.random.default_rng(0).integers(0, 256, (21, 8, 8, 3), dtype=np.uint8)
+    targets = np.arange(21)
+    make = lambda rank=0, n=1: InMemoryBatches(images, targets, 4, BatchAugment(8), seed=5, rank=rank,  # noqa: E731
+                                               num_processes=n)
+    full = list(make().batches(epoch=2))
+    assert len(make()) == 6 and [len(y) for _, y in full] == [4] * 5 + [1]
+    assert sorted(torch.cat([y for _, y in full]).tolist()) == list(range(21))  # every example once
+    tail = list(make().batches(epoch=2, start=4))  # a resume inside the epoch sees the same batches
+    for (xa, ya), (xb, yb) in zip(full[4:], tail):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(torch.cat([y for _, y in make().batches(epoch=3)]), torch.cat([y for _, y in full]))
+    shards = [list(make(r, 2).batches(epoch=2)) for r in range(2)]
+    assert [len(s) for s in shards] == [3, 3] == [len(make(r, 2)) for r in range(2)]
+    for i, (x, y) in enumerate(full):  # process r takes global batches r, r + 2, ...
+        xs, ys = shards[i % 2][i // 2]
+        assert torch.equal(x, xs) and torch.equal(y, ys)
+    assert _seed(1, 2) != _seed(2, 1)
+
+
+# ---------------------------------------------------------------------------------------------- training
+@pytest.fixture(scope='module')
+def tiny_cifar(tmp_path_factory) -> Path:
+    """A CIFAR-10-format JPEG tarball with 3 classes x 12 train / 4 test images (in-memory uint8 path)."""
+    root = tmp_path_factory.mktemp('cifar')
+    rng = np.random.default_rng(0)
+    with tarfile.open(root / 'cifar10_jpg_q75.tar.gz', 'w:gz') as tar:
+        for split, n in (('train', 12), ('test', 4)):
+            for c, cls in enumerate(('airplane', 'bird', 'cat')):
+                for i in range(n):
+                    img = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+                    img[..., c] += 150
+                    buf = io.BytesIO()
+                    Image.fromarray(img).save(buf, 'JPEG', quality=75)
+                    info = tarfile.TarInfo(f'cifar10/{split}/{cls}/{i:04d}.jpg')
+                    info.size = buf.getbuffer().nbytes
+                    buf.seek(0)
+                    tar.addfile(info, buf)
+    return root
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('FLEXCONV_ZOO_CACHE', str(tmp_path / 'cache'))
+
+
+def _max_diff(a, b) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def test_progressive_run_switches_size_and_resumes_exactly(tiny_cifar, tmp_path, cache):
+    common = [*TINY, '--data', 'cifar10', '--data-dir', str(tiny_cifar), '--img-size-schedule', '8:0', '16:0.5',
+              '--epochs', '4', '--batch-augment', '--ema', '--ema-decay', '0.9', '--track-test',
+              '--output', str(tmp_path)]
+    full = train_main([*common, '--name', 'full'])
+    rows = json.loads((tmp_path / 'full' / 'metrics.json').read_text())
+    assert [r['img_size'] for r in rows] == [8, 8, 16, 16]
+    assert all('test_top1' in r and 'ema_test_top1' in r and r['mean_kernel_size'] >= 1 for r in rows)
+    lrs = [r['lr'] for r in rows]
+    assert lrs[1] > lrs[2] > lrs[3]  # one cosine schedule across the switch, not one per stage
+    config = json.loads((tmp_path / 'full' / 'config.json').read_text())
+    assert config['pretrained_cfg']['input_size'][-1] == 16 and config['model_args']['img_size'] == [16, 16]
+    best = json.loads((tmp_path / 'full' / 'best' / 'config.json').read_text())['flexconv_zoo']
+    assert best['selected_on'] == 'val' and best['weights'] in ('model', 'ema')
+    # 24 train images (36 - 8 held out) / batch 8 = 3 steps an epoch: pause at the switch, and inside stage 2
+    for stop in (6, 8):
+        name = f'part{stop}'
+        assert train_main([*common, '--name', name, '--stop-after-steps', str(stop)])['stopped']
+        resumed = train_main(['--resume', str(tmp_path / name)])
+        assert resumed['global_step'] == full['global_step']
+        assert _max_diff(load_file(str(tmp_path / 'full' / 'model.safetensors')),
+                         load_file(str(tmp_path / name / 'model.safetensors'))) == 0
+        assert _max_diff(load_file(str(tmp_path / 'full' / 'ema' / 'model.safetensors')),
+                         load_file(str(tmp_path / name / 'ema' / 'model.safetensors'))) == 0
+
+
+def test_progressive_and_batch_augment_bad_options(tiny_cifar, tmp_path, cache, capsys):
+    base = [*TINY, '--epochs', '1', '--output', str(tmp_path / 'runs')]
+    rc = run_cli(train_main, [*base, '--data', 'cifar10', '--data-dir', str(tiny_cifar), '--img-size', '12',
+                              '--img-size-schedule', '8:0', '16:0.5'])
+    assert rc == 2 and 'disagrees with --img-size-schedule' in capsys.readouterr().err
+    rc = run_cli(train_main, [*base, '--data', 'cifar10', '--data-dir', str(tiny_cifar),
+                              '--img-size-schedule', '16:0.5'])
+    assert rc == 2 and 'fraction 0' in capsys.readouterr().err
+    seq = ['--model', 'flextcn2', '--epochs', '1', '--no-progress', '--output', str(tmp_path / 'runs'),
+           '--data', 'mnist1d']
+    rc = run_cli(train_main, [*seq, '--batch-augment'])
+    assert rc == 2 and '--batch-augment needs images held in memory' in capsys.readouterr().err
+    rc = run_cli(train_main, [*seq, '--img-size-schedule', '8:0', '16:0.5'])
+    assert rc == 2 and '--img-size-schedule is for image models' in capsys.readouterr().err
+    assert not (tmp_path / 'runs').exists()  # nothing written
+    with pytest.raises(UserError):
+        train_main([*base, '--data', 'cifar10', '--data-dir', str(tiny_cifar), '--img-size-schedule', 'x'])
