@@ -31,9 +31,10 @@ class UserError(Exception):
 def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
     """Run a script's ``main``; user errors become one ``error: ...`` line on stderr and exit code 2."""
     from .data import DataNotFoundError
+    from .loading import PretrainedWeightsError
     try:
         main(argv)
-    except (UserError, DataNotFoundError) as e:
+    except (UserError, DataNotFoundError, PretrainedWeightsError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -79,13 +80,14 @@ def _check_model_name(name: str) -> None:
 
 
 def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    from timm.models import load_state_dict
+    """The package's one weight reader (:func:`flexconv_zoo.loading.read_weights`), errors as user errors."""
+    from .loading import PretrainedWeightsError, read_weights
     if not path.is_file():
         raise UserError(f"Checkpoint {path} does not exist.")
     try:
-        return load_state_dict(str(path), device='cpu')
-    except Exception as e:  # safetensors / pickle raise many types for a damaged file
-        raise UserError(f"Cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        return read_weights(path)
+    except PretrainedWeightsError as e:
+        raise UserError(str(e)) from None
 
 
 def _weights_file(folder: Path) -> Optional[Path]:
@@ -101,8 +103,13 @@ def load_weights(model: nn.Module, path: Path, strict_head: bool = True) -> List
     A classifier of another size is dropped (fine-tuning on new classes) unless ``strict_head``.
     Returns the names of the parameters that were not in the checkpoint.
     """
+    from .loading import PretrainedWeightsError, check_finite
     from .models import checkpoint_filter_fn
     state_dict = checkpoint_filter_fn(_read_state_dict(Path(path)), model)
+    try:
+        check_finite(state_dict, str(path))
+    except PretrainedWeightsError as e:
+        raise UserError(str(e)) from None
     own = model.state_dict()
     mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
     classifier = getattr(model, 'pretrained_cfg', {}).get('classifier', 'head.fc')
@@ -137,11 +144,15 @@ def _sync_to_config(model: nn.Module) -> None:
 
 
 def _create(name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model``; with ``pretrained=True`` the weights come through :mod:`flexconv_zoo.loading`."""
     import timm
+    from .loading import PretrainedWeightsError
     try:
         return timm.create_model(name, **kwargs)
     except TypeError as e:
         raise UserError(f"Cannot build {name} with {sorted(kwargs)}: {e}") from None
+    except PretrainedWeightsError as e:
+        raise UserError(str(e)) from None
 
 
 def _from_run_folder(folder: Path) -> nn.Module:
@@ -185,15 +196,15 @@ def load_model(
     path = Path(checkpoint)
     if path.is_dir():
         if (path / 'config.json').is_file():
-            try:
-                cfg = json.loads((path / 'config.json').read_text())
-            except ValueError as e:
-                raise UserError(f"Cannot read {path / 'config.json'}: {e}") from None
+            from .loading import PretrainedWeightsError, read_config
+            try:  # read here first: timm's local-dir: reader reports a malformed file without its name
+                cfg = read_config(path / 'config.json')
+            except PretrainedWeightsError as e:
+                raise UserError(str(e)) from None
             if model_name and cfg.get('architecture') not in (None, model_name):
                 raise UserError(f"{path} holds a {cfg.get('architecture')}, not a {model_name}.")
             if _weights_file(path) is None:
                 raise UserError(f"{path} has a config.json but no model.safetensors.")
-            _read_state_dict(_weights_file(path))  # a clear error for a damaged file
             model = _create(f'local-dir:{path}', pretrained=True, **model_kwargs)
             _sync_to_config(model)
             return model
@@ -216,15 +227,20 @@ def load_model(
 
 
 def _hub_model(name: str, model_kwargs: Dict[str, Any]) -> nn.Module:
+    """A published model (``<model>[.<tag>]`` or ``hf-hub:<org>/<name>``) through the package's one loader."""
     import timm
+    from .loading import PretrainedWeightsError
     try:
         model = timm.create_model(name, pretrained=True, **model_kwargs)
     except TypeError as e:
         raise UserError(f"Cannot build {name}: {e}") from None
-    except Exception as e:  # offline without a cache, unknown repo, ...
+    except PretrainedWeightsError as e:  # says which file and what to do
+        raise UserError(str(e)) from None
+    except Exception as e:  # hf-hub: names fetch their config.json through timm (unknown repo, offline, ...)
         raise UserError(
-            f"Cannot load pretrained weights for {name} ({type(e).__name__}: {e}). Offline, set HF_HUB_OFFLINE=1 with "
-            f"a filled HF cache, or pass a local folder / file with --checkpoint.") from None
+            f"Cannot load pretrained weights for {name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
+            f" Offline, set HF_HUB_OFFLINE=1 with a filled HF cache, or pass a local folder / file with --checkpoint."
+        ) from None
     _sync_to_config(model)
     return model
 

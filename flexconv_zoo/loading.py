@@ -33,7 +33,8 @@ import torch.nn as nn
 __all__ = [
     'PretrainedWeightsError', 'WeightsUnavailableError', 'HUB_ORG', 'CONFIG_NAME', 'WEIGHTS_NAME', 'REFERENCE_NAME',
     'SHIPPED_ROOT', 'CONNECT_TIMEOUT', 'READ_TIMEOUT', 'hub_weights', 'weights_sha256', 'sha256_note', 'file_sha256',
-    'read_config', 'read_weights', 'fetch_hub_file', 'resolve_weights_file', 'check_config', 'check_state_dict',
+    'read_config', 'read_weights', 'fetch_hub_file', 'resolve_weights_file', 'check_config', 'check_finite',
+    'check_state_dict',
     'check_reference', 'build_flexconv_model',
 ]
 
@@ -141,8 +142,11 @@ def read_weights(path: Union[str, Path], origin: str = '') -> Dict[str, torch.Te
 
 # ---------------------------------------------------------------------------------------------- the Hub
 def _timeout() -> Any:
-    import httpx2  # huggingface_hub's HTTP client
-    return httpx2.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+    try:  # huggingface_hub's HTTP client: httpx2 in huggingface_hub 2.x, httpx in 1.x
+        import httpx2 as httpx
+    except ImportError:
+        import httpx
+    return httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
 
 
 def _first_line(err: BaseException) -> str:
@@ -297,14 +301,19 @@ def _verify(path: Path, origin: str, cfg: Mapping[str, Any], variant: str, model
         check_config(config, config_path, cfg, variant, model_kwargs, shapes)
 
 
-def check_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, source: str) -> None:
-    """Refuse non-finite tensors and a state dict that does not fit ``model`` (after the checkpoint filter)."""
+def check_finite(state_dict: Mapping[str, Any], source: str) -> None:
+    """Refuse weights with NaN or inf (a diverged run computes NaN logits and every accuracy looks like chance)."""
     bad = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and
            not bool(torch.isfinite(v).all())]
     if bad:
         raise PretrainedWeightsError(
             f"Weight file {source} holds non-finite values (NaN or inf) in {len(bad)} tensor(s): "
             f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}. Nothing was loaded.")
+
+
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, source: str) -> None:
+    """Refuse non-finite tensors and a state dict that does not fit ``model`` (after the checkpoint filter)."""
+    check_finite(state_dict, source)
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     skip = ()
     if cfg.get('classifier') and getattr(model, 'num_classes', None) != cfg.get('num_classes'):
@@ -389,6 +398,12 @@ def build_flexconv_model(model_cls: Callable[..., nn.Module], variant: str, pret
         overlay.get('hf_hub_id', base.hf_hub_id) != base.hf_hub_id
     if other_source and 'notes' not in overlay:  # the tag's sha256 describes the tag's bytes, not these
         cfg['notes'] = [n for n in cfg.get('notes') or () if weights_sha256({'notes': [n]}) is None]
+    if not cfg.get('file') and 'file' not in overlay and cfg.get('hf_hub_id') and cfg.get('source') != 'hf-hub':
+        # A tag declared with hf_hub_id alone whose folder is shipped: the shipped copy is its source too
+        # (its config.json's sha256 applies). An explicit file=None in the overlay asks for the Hub.
+        shipped = SHIPPED_ROOT / cfg['hf_hub_id'].split('@')[0].rsplit('/', 1)[-1] / WEIGHTS_NAME
+        if shipped.is_file():
+            cfg['file'] = str(shipped)
     resolved = resolve_weights_file(cfg, variant, kwargs.get('cache_dir'))
     if resolved is None:  # in-memory state_dict or url: timm's own loading
         return build_model_with_cfg(model_cls, variant, pretrained, pretrained_cfg=cfg,

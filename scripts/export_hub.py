@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flexconv_zoo.evaluation import UserError, load_weights, run_cli  # noqa: E402
-from flexconv_zoo.hub import CardInfo, EvalRow, create_model_for_tag, validate_hub_folder, write_hub_folder  # noqa: E402
+from flexconv_zoo.hub_folder import create_model_for_tag, validate_hub_folder, write_hub_folder  # noqa: E402
+from flexconv_zoo.model_card import CardInfo, EvalRow  # noqa: E402
 
 
 def _validate(run: Path, data: str, img_sizes: Sequence[int], subset: Optional[int]) -> tuple:
@@ -117,8 +118,10 @@ def export_main(argv: Optional[Sequence[str]] = None) -> Path:
         test_size = (model.in_chans, args.test_img_size, args.test_img_size)
     folder = write_hub_folder(model, args.output or ROOT / 'hub_configs' / args.tag, name=args.tag, info=info,
                               results=results, test_input_size=test_size, overwrite=args.overwrite)
-    validate_hub_folder(folder)
+    report = validate_hub_folder(folder)
     print(f"wrote and validated {folder}")
+    print(f"  sha256 of model.safetensors (also in config.json): {report['files']['model.safetensors']}; add "
+          f"hub_weights({args.tag!r}, '<sha256>') to the tag's default_cfgs entry")
     for r in results:
         print(f"  {r.split:>10} {r.input_size:>5} top1 {r.top1:6.2f} ({r.num_samples})")
     return folder

@@ -5,7 +5,7 @@
     python scripts/push_to_hub.py hub_configs/flexnet16.cifar10 --repo-id me/flexnet16.cifar10 --dry-run
 
 The folder is validated first (complete, loads strictly with timm, reproduces its reference logits, model
-card metadata present: :func:`flexconv_zoo.hub.validate_hub_folder`); nothing is uploaded otherwise. The
+card metadata present, sha256 recorded: :func:`flexconv_zoo.hub_folder.validate_hub_folder`); nothing is uploaded otherwise. The
 token comes from the environment (``HF_TOKEN``) or the huggingface_hub login cache.
 """
 import argparse
@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import flexconv_zoo  # noqa: F401  (registers the models)
-    from flexconv_zoo.hub import HubFolderError, PretrainedWeightsError, validate_hub_folder
+    from flexconv_zoo.hub_folder import HubFolderError, validate_hub_folder
+    from flexconv_zoo.loading import PretrainedWeightsError
 
     folder = args.folder
     if not folder.is_dir():

@@ -129,6 +129,20 @@ def test_published_tags_use_the_shipped_copy_with_sha256():
             == file_sha256(folder / 'model.safetensors'), tag
 
 
+def test_tag_declared_with_hf_hub_id_only_uses_its_shipped_folder():
+    """A tag written the plain timm way (hf_hub_id, no file) still loads its shipped copy, checked by the sha256
+    in that folder's config.json; without a shipped folder it goes to the Hub."""
+    cfg = timm.models.get_pretrained_cfg(FIRST).to_dict()
+    for key in ('file', 'notes'):
+        cfg.pop(key)
+    model = timm.create_model('flexnet16', pretrained=True, pretrained_cfg=cfg)
+    assert Path(model.pretrained_cfg['file']) == SHIPPED_ROOT / FIRST / 'model.safetensors'
+    msg = _timed_error(lambda: timm.create_model('flexnet16', pretrained=True, pretrained_cfg=dict(
+        cfg, hf_hub_id='flexconv-zoo/not-shipped', tag='cifar10'), cache_dir=str(REPO / 'no-such-cache')),
+        error=PretrainedWeightsError, bound=QUICK + READ_TIMEOUT)
+    assert "'flexconv-zoo/not-shipped'" in msg
+
+
 def test_default_load_without_network_is_fast_and_quiet(tmp_path):
     """The README snippet on a machine without network: no connection attempt, < 2 s after import, <= 1 line.
 
