@@ -12,6 +12,8 @@ Sequences (float ``(N, C, L)`` tensors):
   * ``speech_commands`` (20 MFCC x 161 steps, needs torchaudio) and ``speech_commands_raw`` (16,000 samples):
     the 10-word subset of Speech Commands v0.02 (``<dir>/SpeechCommands/speech_commands_v0.02/<word>/*.wav``).
   * ``character_trajectories``: UEA ``CharacterTrajectories_{TRAIN,TEST}.ts``, padded to 182 steps.
+  * ``japanese_vowels``: UEA JapaneseVowels (9 speakers, 12 LPC channels, 7-29 steps padded to 29), its own
+    270 / 370 train / test split; a copy ships with the package (``flexconv_zoo/data/uea``).
   Speech Commands and CharacterTrajectories use the paper's 70/15/15 stratified split of all examples.
 
 Splits: ``train`` / ``val`` / ``test``. Where the data come with a train/test split, ``val`` is a fixed,
@@ -19,6 +21,7 @@ seeded hold-out of ``val_size`` training examples used for model selection; ``te
 """
 import gzip
 import hashlib
+import importlib.util
 import io
 import os
 import re
@@ -35,7 +38,8 @@ from torch.utils.data import Dataset
 __all__ = [
     'DataSplits', 'ArrayDataset', 'SplitView', 'create_datasets', 'DataNotFoundError', 'default_data_dirs',
     'default_cache_dir', 'load_cifar10_tarball', 'load_cifar10_batches', 'load_image_folder', 'load_fashion_mnist',
-    'load_mnist1d', 'load_speech_commands', 'load_character_trajectories', 'read_ts_file', 'stratified_split',
+    'load_mnist1d', 'load_speech_commands', 'load_character_trajectories', 'load_japanese_vowels',
+    'find_japanese_vowels', 'read_ts_file', 'stratified_split',
     'holdout_split', 'DATASETS', 'CIFAR10_CLASSES', 'SPEECH_COMMANDS_WORDS',
 ]
 
@@ -398,9 +402,9 @@ def load_speech_commands(root: Optional[Path] = None, mfcc: bool = False,
 
 # ---------------------------------------------------------------------------------------------- UEA .ts
 def read_ts_file(path: Path) -> Tuple[List[np.ndarray], List[str]]:
-    """A UEA/UCR ``.ts`` file: per example a ``(C, L_i)`` float array and its class label string."""
+    """A UEA/UCR ``.ts`` file (or ``.ts.gz``): per example a ``(C, L_i)`` float array and its class label string."""
     series, labels, in_data = [], [], False
-    with open(path, encoding='utf-8') as f:
+    with (gzip.open if str(path).endswith('.gz') else open)(path, 'rt', encoding='utf-8') as f:
         for line in f:
             line = line.strip()
             if not line or line.startswith('#'):
@@ -448,9 +452,82 @@ def load_character_trajectories(root: Optional[Path] = None, length: int = 182) 
         f"CharacterTrajectories/{names[0]} and {names[1]} (UEA archive, .ts format) there and pass --data-dir.")
 
 
+JAPANESE_VOWELS_FILES = ('JapaneseVowels_TRAIN.ts', 'JapaneseVowels_TEST.ts')
+JAPANESE_VOWELS_CLASSES = tuple(str(speaker) for speaker in range(1, 10))  # the files' labels: speakers 1-9
+JAPANESE_VOWELS_LENGTH = 29  # the longest example (test split); training examples have 7-26 steps
+BUNDLED_UEA_DIR = Path(__file__).resolve().parent / 'uea'  # gzipped copies of the aeon 1.6.0 files
+
+
+def _aeon_data_dir() -> Optional[Path]:
+    """``aeon/datasets/data`` of an installed aeon, located without importing it (aeon's imports are heavy)."""
+    try:
+        spec = importlib.util.find_spec('aeon')
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) / 'datasets' / 'data' if locations else None
+
+
+def find_japanese_vowels(root: Optional[Path] = None) -> Tuple[Path, Path]:
+    """The UEA JapaneseVowels ``(TRAIN, TEST)`` files, ``.ts`` or ``.ts.gz``.
+
+    With ``root``, only ``root/JapaneseVowels/`` and ``root`` are searched. Otherwise: ``JapaneseVowels/`` in
+    :func:`default_data_dirs`, an installed ``aeon`` package's ``datasets/data/JapaneseVowels``, then the copy
+    bundled with flexconv_zoo.
+    """
+    if root is not None:
+        folders = [Path(root) / 'JapaneseVowels', Path(root)]
+    else:
+        aeon = _aeon_data_dir()
+        folders = [f for d in default_data_dirs() for f in (d / 'JapaneseVowels', d)]
+        folders += ([aeon / 'JapaneseVowels'] if aeon is not None else []) + [BUNDLED_UEA_DIR]
+    for folder in folders:
+        for suffix in ('', '.gz'):
+            files = tuple(folder / (name + suffix) for name in JAPANESE_VOWELS_FILES)
+            if all(f.is_file() for f in files):
+                return files
+    raise DataNotFoundError(
+        f"JapaneseVowels not found in {', '.join(map(str, folders))}: put {JAPANESE_VOWELS_FILES[0]} and "
+        f"{JAPANESE_VOWELS_FILES[1]} (UEA .ts format, e.g. aeon/datasets/data/JapaneseVowels/ from "
+        f"`pip download --no-deps aeon==1.6.0`) in <dir>/JapaneseVowels/, or omit --data-dir to use the bundled copy.")
+
+
+def load_japanese_vowels(root: Optional[Path] = None, length: int = JAPANESE_VOWELS_LENGTH,
+                         align: str = 'end') -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """UEA JapaneseVowels (Kudo et al. 1999): 9 speakers, 12 LPC cepstrum channels, 7-29 steps.
+
+    Returns ``{'train': (x, y), 'test': (x, y)}`` with the archive's own split (270 / 370 examples), ``x`` float32
+    ``(N, 12, length)``, ``y`` the speaker index 0-8 (labels ``'1'``-``'9'`` in the files). ``align='end'`` puts
+    every utterance's last step at the last position and pads in front by repeating its first step, so that a
+    causal model read at its last step (FlexTCN) sees the whole utterance; ``align='start'`` pads after the
+    utterance by repeating its last step (as CharacterTrajectories). Files are found by :func:`find_japanese_vowels`.
+    """
+    if align not in ('end', 'start'):
+        raise ValueError(f"align must be 'end' or 'start', got {align!r}.")
+    out = {}
+    for split, path in zip(('train', 'test'), find_japanese_vowels(root)):
+        series, labels = read_ts_file(path)
+        unknown = sorted(set(labels) - set(JAPANESE_VOWELS_CLASSES))
+        if unknown:
+            raise ValueError(f"{path}: class labels {unknown} are not JapaneseVowels speakers 1-9.")
+        if any(s.shape[0] != 12 for s in series):
+            raise ValueError(f"{path}: JapaneseVowels examples have 12 channels, found "
+                             f"{sorted({s.shape[0] for s in series})}.")
+        y = np.array([JAPANESE_VOWELS_CLASSES.index(label) for label in labels], dtype=np.int64)
+        out[split] = (_pad_repeat_last(series, length) if align == 'start' else _pad_repeat_first(series, length), y)
+    return out
+
+
+def _pad_repeat_first(series: List[np.ndarray], length: int) -> np.ndarray:
+    """Right-align every ``(C, L_i)`` series in ``length`` steps (its last ``length`` if longer), padding in front
+    by repeating its first step: :func:`_pad_repeat_last` on the time-reversed series."""
+    flipped = [np.ascontiguousarray(s[:, :max(1, int(np.max(np.nonzero(~np.isnan(s).all(0))[0], initial=-1)) + 1)]
+                                    [:, ::-1]) for s in series]  # trailing all-missing steps dropped first
+    return np.ascontiguousarray(_pad_repeat_last(flipped, length)[:, :, ::-1])
+
 # ---------------------------------------------------------------------------------------------- factory
 DATASETS = ('cifar10', 'fashion_mnist', 'mnist1d', 'speech_commands', 'speech_commands_raw',
-            'character_trajectories')
+            'character_trajectories', 'japanese_vowels')
 
 
 def _subset(indices: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray:
@@ -526,6 +603,12 @@ def _load(name: str, data_dir: Optional[Path], cache_dir, val_size: int, seed: i
         x, y = load_character_trajectories(data_dir)
         return _from_all(key, ArrayDataset(x, y), seed, num_classes=int(y.max()) + 1, in_chans=3, kind='sequence',
                          native_size=(x.shape[2],))
+    if key == 'japanese_vowels':
+        arrays = load_japanese_vowels(data_dir)
+        return _from_train_test(key, ArrayDataset(*arrays['train']), ArrayDataset(*arrays['test']), val_size, seed,
+                                num_classes=9, in_chans=12, kind='sequence', native_size=(JAPANESE_VOWELS_LENGTH,),
+                                class_names=JAPANESE_VOWELS_CLASSES,
+                                source=str(find_japanese_vowels(data_dir)[0].parent))
     if os.sep in name or '/' in name or Path(name).exists():
         return _image_folder_splits(Path(name), val_size, seed)
     raise ValueError(f"Unknown data set {name!r}: use one of {', '.join(DATASETS)} or an ImageFolder path.")
