@@ -247,38 +247,51 @@ def _hub_model(name: str, model_kwargs: Dict[str, Any]) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator=None, max_batches: Optional[int] = None) -> Dict[str, float]:
+def evaluate(model: nn.Module, loader, accelerator=None, max_batches: Optional[int] = None,
+             flip_tta: bool = False) -> Dict[str, float]:
     """Top-1 / top-5 accuracy (%), mean cross-entropy and images/s of ``model`` on ``loader``.
 
-    With an ``accelerator`` (a prepared loader), predictions are gathered from all processes first.
+    With an ``accelerator`` (a prepared loader), predictions are gathered from all processes first. With
+    ``flip_tta`` (images), the same pass also scores the mean logits of each image and its mirror image:
+    ``flip_top1`` / ``flip_top5`` / ``flip_loss`` next to the single-view numbers (timm's headline is single-view).
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    correct1 = correct5 = loss_sum = 0.0
-    count = 0
+    sums = {}  # running sums stay on the device: no host sync per batch
     start = time.perf_counter()
-    for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        if accelerator is None:
-            x, y = x.to(device), y.to(device)
-        logits = model(x).float()
-        if accelerator is not None:
-            logits, y = accelerator.gather_for_metrics((logits, y))
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hits = top.eq(y[:, None])
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
-        loss_sum += F.cross_entropy(logits, y, reduction='sum').item()
-        count += y.numel()
+
+    def score(prefix: str, logits: torch.Tensor, y: torch.Tensor) -> None:
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])
+        for key, value in ((f'{prefix}top1', hits[:, 0].sum()), (f'{prefix}top5', hits.any(dim=1).sum()),
+                           (f'{prefix}loss', F.cross_entropy(logits, y, reduction='sum'))):
+            sums[key] = sums.get(key, 0) + value.double()
+
+    with torch.no_grad():
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            if accelerator is None:
+                x, y = x.to(device), y.to(device)
+            if flip_tta and x.ndim != 4:
+                raise UserError("flip test-time augmentation is for images (batch, channels, height, width).")
+            logits = model(x).float()
+            flipped = model(x.flip(-1)).float() if flip_tta else None
+            if accelerator is not None:
+                logits, y = accelerator.gather_for_metrics((logits, y))
+                if flipped is not None:
+                    flipped = accelerator.gather_for_metrics(flipped)
+            score('', logits, y)
+            if flipped is not None:
+                score('flip_', (logits + flipped) / 2, y)
+            sums['count'] = sums.get('count', 0) + y.numel()
     seconds = time.perf_counter() - start
     model.train(was_training)
+    count = int(sums.get('count', 0))
     if count == 0:
         raise UserError("The evaluation split is empty.")
-    return dict(top1=100.0 * correct1 / count, top5=100.0 * correct5 / count, loss=loss_sum / count,
-                count=count, seconds=seconds, images_per_s=count / max(seconds, 1e-9))
+    out = {k: float(v) / count * (1.0 if k.endswith('loss') else 100.0) for k, v in sums.items() if k != 'count'}
+    return dict(out, count=count, seconds=seconds, images_per_s=count / max(seconds, 1e-9))
 
 
 def validate_resolutions(
@@ -288,6 +301,7 @@ def validate_resolutions(
         batch_size: int = 256,
         workers: int = 0,
         device: Optional[torch.device] = None,
+        flip_tta: bool = False,
 ) -> List[Dict[str, Any]]:
     """Evaluate ``model`` on ``dataset`` (a :class:`~flexconv_zoo.data.datasets.SplitView`) at every size.
 
@@ -305,7 +319,7 @@ def validate_resolutions(
             dataset.transform = eval_transform_for(model, size)
             loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                                  generator=torch.Generator().manual_seed(0))
-            metrics = evaluate(model, loader)
+            metrics = evaluate(model, loader, flip_tta=flip_tta)
             rows.append(dict(img_size=int(size), **metrics))
     finally:
         model.set_input_size(img_size=original)
@@ -318,11 +332,13 @@ COLUMNS = ('img_size', 'top1', 'top5', 'loss', 'images_per_s', 'count')
 
 def format_table(rows: Sequence[Dict[str, Any]], train_size: Optional[int] = None) -> str:
     """A fixed-width table; the training resolution is marked with ``*``."""
-    lines = [f"{'res':>6} {'top1':>7} {'top5':>7} {'loss':>7} {'img/s':>9} {'images':>7}"]
+    flip = all('flip_top1' in r for r in rows)
+    lines = [f"{'res':>6} {'top1':>7} {'top5':>7} {'loss':>7}" + (f" {'flip-TTA top1':>13}" if flip else '')
+             + f" {'img/s':>9} {'images':>7}"]
     for r in rows:
         mark = '*' if train_size is not None and r['img_size'] == train_size else ' '
-        lines.append(f"{r['img_size']:>5}{mark} {r['top1']:7.2f} {r['top5']:7.2f} {r['loss']:7.4f} "
-                     f"{r['images_per_s']:9.1f} {r['count']:7d}")
+        lines.append(f"{r['img_size']:>5}{mark} {r['top1']:7.2f} {r['top5']:7.2f} {r['loss']:7.4f}"
+                     + (f" {r['flip_top1']:13.2f}" if flip else '') + f" {r['images_per_s']:9.1f} {r['count']:7d}")
     if train_size is not None:
         lines.append(f"(* = training resolution, {train_size} px)")
     return '\n'.join(lines)
@@ -357,8 +373,9 @@ def write_results(rows: Sequence[Dict[str, Any]], out_dir: Path, meta: Dict[str,
     """``results.csv``, ``results.json`` and ``accuracy_vs_resolution.png`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = dict(csv=out_dir / 'results.csv', json=out_dir / 'results.json', plot=out_dir / 'accuracy_vs_resolution.png')
-    header = ','.join(COLUMNS)
-    body = [','.join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS) for r in rows]
+    columns = COLUMNS + tuple(c for c in ('flip_top1', 'flip_top5', 'flip_loss') if all(c in r for r in rows))
+    header = ','.join(columns)
+    body = [','.join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in columns) for r in rows]
     atomic_write_text(paths['csv'], '\n'.join([header, *body]) + '\n')
     atomic_write_text(paths['json'], json.dumps(dict(meta, train_img_size=train_size, results=list(rows)), indent=2))
     plot_results(rows, paths['plot'], train_size, meta.get('title', ''))
@@ -382,6 +399,9 @@ def build_validate_parser() -> argparse.ArgumentParser:
     p.add_argument('--subset', type=int, help="evaluate on a seeded random subset of this many images")
     p.add_argument('--img-size', type=int, nargs='+', help="resolutions to evaluate (default: the training one)")
     p.add_argument('--batch-size', type=int, default=256)
+    p.add_argument('--flip-tta', action='store_true',
+                   help="also report flip test-time augmentation (mean logits of each image and its mirror image) "
+                        "next to the single-view numbers")
     p.add_argument('--workers', type=int, default=0)
     p.add_argument('--device', default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument('--output', help="output folder (default: <run>/validate or ./validate_results/<name>)")
@@ -409,6 +429,8 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     sizes = args.img_size or [train_size]
     if is_sequence and args.img_size:
         raise UserError("--img-size applies to image models; sequence models are evaluated at their length.")
+    if is_sequence and args.flip_tta:
+        raise UserError("--flip-tta applies to image models: a mirrored sequence is another sequence.")
     too_small = [s for s in sizes if s < min_input_size(model)]
     if too_small:
         raise UserError(f"Resolution {too_small[0]} px is smaller than the {min_input_size(model)} px "
@@ -429,7 +451,7 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
         rows = [dict(img_size=int(splits.native_size[0]), **evaluate(model.to(device), loader))]
     else:
-        rows = validate_resolutions(model, dataset, sizes, args.batch_size, args.workers, device)
+        rows = validate_resolutions(model, dataset, sizes, args.batch_size, args.workers, device, args.flip_tta)
     name = model.pretrained_cfg.get('architecture', type(model).__name__)
     title = f"{name} on {splits.name} ({args.split}, {rows[0]['count']} images)"
     print(title)

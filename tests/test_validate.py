@@ -103,3 +103,24 @@ def test_script_paper_protocol_one_command(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ' 16* ' in proc.stdout and ' 32  ' in proc.stdout
     assert (tmp_path / 'accuracy_vs_resolution.png').is_file()
+
+
+def test_flip_tta_next_to_single_view(trained, capsys):
+    import torch
+    from flexconv_zoo.data import create_datasets, eval_transform_for
+    from flexconv_zoo.evaluation import evaluate, load_model
+    run, data = trained
+    model = load_model(str(run), None, {}, None, False)
+    test = create_datasets(str(data), None, val_size=6).test
+    test.transform = eval_transform_for(model, 16)
+    loader = torch.utils.data.DataLoader(test, batch_size=7)
+    plain, tta = evaluate(model, loader), evaluate(model, loader, flip_tta=True)
+    assert tta['top1'] == plain['top1'] and tta['loss'] == pytest.approx(plain['loss'])  # single view unchanged
+    model.eval()
+    with torch.no_grad():  # reference: mean logits of each image and its mirror image
+        hits = [((model(x) + model(x.flip(-1))) / 2).argmax(1).eq(y) for x, y in loader]
+    assert tta['flip_top1'] == pytest.approx(100 * torch.cat(hits).float().mean().item())
+    rows = validate_main(['--checkpoint', str(run), '--data', str(data), '--img-size', '16', '24', '--flip-tta'])
+    assert all('flip_top1' in r for r in rows) and 'flip-TTA top1' in capsys.readouterr().out
+    with open(run / 'validate' / 'results.csv') as f:
+        assert 'flip_top1' in f.readline()
