@@ -157,7 +157,7 @@ def _first_line(err: BaseException) -> str:
 def _unavailable(repo_id: str, filename: str, err: BaseException, name: str) -> WeightsUnavailableError:
     folder = repo_id.split('@')[0].rsplit('/', 1)[-1]
     return WeightsUnavailableError(
-        f"Cannot load {filename} for {name!r}: the Hugging Face Hub repo {repo_id!r} did not answer "
+        f"Cannot load {filename} for {name!r}: the Hugging Face Hub repo {repo_id!r} cannot be used from here "
         f"({_first_line(err)}) and the file is not in the local Hugging Face cache. Either go online once "
         f"(the file is then cached; HF_HUB_OFFLINE=1 uses the cache without asking the Hub), pass a local file with "
         f"pretrained_cfg_overlay=dict(file='path/to/{WEIGHTS_NAME}'), or load a folder with "

@@ -310,6 +310,10 @@ def test_nan_weights_are_refused(small_folder, tmp_path):
     copy = _consistent_copy(small_folder[1], tmp_path / 'nan', edit_weights=nan)
     msg = _timed_error(lambda: timm.create_model(f'local-dir:{copy}', pretrained=True))
     assert str(copy / 'model.safetensors') in msg and 'NaN' in msg and 'blocks.1.conv1.kernel_net.output.weight' in msg
+    # training / evaluation read checkpoints with the same checks (train.py --initial-checkpoint, validate.py)
+    from flexconv_zoo.evaluation import UserError, load_weights
+    with pytest.raises(UserError, match='non-finite.*blocks.1.conv1.kernel_net.output.weight'):
+        load_weights(timm.create_model('flexnet8'), copy / 'model.safetensors')
 
 
 @pytest.mark.parametrize('field', ['num_classes', 'img_size', 'architecture'])
