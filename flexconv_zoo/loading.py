@@ -380,6 +380,19 @@ def _can_check_reference(model: nn.Module, cfg: Mapping[str, Any], kwargs: Mappi
             and kwargs.get('in_chans', (cfg.get('input_size') or (3,))[0]) == (cfg.get('input_size') or (3,))[0])
 
 
+def _forget_sha256(model: nn.Module) -> nn.Module:
+    """Drop the file's sha256 from the model's cfg: it describes a file, not weights that training will change
+    (timm's ``save_for_hf`` copies ``notes`` into an export's config.json, where a stale hash would refuse it)."""
+    cfg = getattr(model, 'pretrained_cfg', None)
+    if cfg and weights_sha256(cfg):
+        notes = [n for n in cfg.get('notes') or () if weights_sha256({'notes': [n]}) is None]
+        cfg = {k: v for k, v in cfg.items() if k != 'notes'}
+        if notes:
+            cfg['notes'] = tuple(notes)
+        model.pretrained_cfg = model.default_cfg = cfg
+    return model
+
+
 def build_flexconv_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: bool,
                          pretrained_filter_fn: Optional[Callable] = None, **kwargs: Any) -> nn.Module:
     """timm's ``build_model_with_cfg`` with checked pretrained weights (the one loading path of this package).
@@ -390,7 +403,8 @@ def build_flexconv_model(model_cls: Callable[..., nn.Module], variant: str, pret
     """
     from timm.models import build_model_with_cfg, resolve_pretrained_cfg
     if not pretrained:
-        return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=pretrained_filter_fn, **kwargs)
+        return _forget_sha256(build_model_with_cfg(
+            model_cls, variant, pretrained, pretrained_filter_fn=pretrained_filter_fn, **kwargs))
     base = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.pop('pretrained_cfg', None))
     overlay = kwargs.pop('pretrained_cfg_overlay', None) or {}
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=base, pretrained_cfg_overlay=overlay).to_dict()
@@ -406,9 +420,9 @@ def build_flexconv_model(model_cls: Callable[..., nn.Module], variant: str, pret
             cfg['file'] = str(shipped)
     resolved = resolve_weights_file(cfg, variant, kwargs.get('cache_dir'))
     if resolved is None:  # in-memory state_dict or url: timm's own loading
-        return build_model_with_cfg(model_cls, variant, pretrained, pretrained_cfg=cfg,
-                                    pretrained_filter_fn=_checked_filter(pretrained_filter_fn, 'the given state_dict'),
-                                    **kwargs)
+        return _forget_sha256(build_model_with_cfg(
+            model_cls, variant, pretrained, pretrained_cfg=cfg,
+            pretrained_filter_fn=_checked_filter(pretrained_filter_fn, 'the given state_dict'), **kwargs))
     path, origin = resolved
     _verify(path, origin, cfg, variant, kwargs)
     source = _where(path, origin)
@@ -419,4 +433,4 @@ def build_flexconv_model(model_cls: Callable[..., nn.Module], variant: str, pret
     if reference.is_file() and _can_check_reference(model, cfg, kwargs):
         check_reference(model, reference, source)
     _logger.info(f"Loaded pretrained weights from {source}")
-    return model
+    return _forget_sha256(model)

@@ -276,6 +276,23 @@ def _timed_error(fn, error=PretrainedWeightsError, bound=QUICK):
     return str(info.value)
 
 
+@pytest.mark.parametrize('pretrained', [True, False])
+def test_exports_of_tag_models_carry_no_stale_sha256(tmp_path, pretrained):
+    """A model created from a tag (then trained) exports with timm's save_for_hf; the tag's hash must not travel
+    into that export's config.json, where it would refuse the new weights."""
+    from timm.models import save_for_hf
+    model = timm.create_model(FIRST, pretrained=pretrained)
+    assert weights_sha256(model.pretrained_cfg) is None
+    assert weights_sha256(timm.models.get_pretrained_cfg(FIRST).to_dict())  # the registry keeps it
+    with torch.no_grad():
+        model.head.fc.bias.add_(1.0)  # "trained"
+    save_for_hf(model, tmp_path / 'export', safe_serialization=True)
+    config = json.loads((tmp_path / 'export' / 'config.json').read_text())
+    assert weights_sha256(config['pretrained_cfg']) is None
+    reloaded = timm.create_model(f'local-dir:{tmp_path / "export"}', pretrained=True)
+    assert torch.equal(reloaded.head.fc.bias, model.head.fc.bias)
+
+
 def test_flipped_bytes_in_the_shipped_copy_are_refused(tmp_path):
     """The tag's sha256 is checked before any tensor is read (a copy stands in for a damaged install)."""
     copy = _copy(SHIPPED[FIRST], tmp_path / FIRST)
