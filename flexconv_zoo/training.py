@@ -20,6 +20,9 @@ import math
 import os
 import re
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +40,7 @@ __all__ = ['build_train_parser', 'train_main', 'latest_checkpoint', 'checkpoint_
 
 # Options a resumed run may change; everything else comes from the run's args.json.
 RESUME_OVERRIDES = ('stop_after_steps', 'workers', 'progress', 'checkpoint_every', 'keep_checkpoints',
-                    'mixed_precision', 'cpu')
+                    'mixed_precision', 'cpu', 'data_dir', 'track_test')  # data_dir: the same files on another machine
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -645,11 +648,37 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     loop.train_batches = train_batches
     if args.resume and state.img_size is not None and state.img_size != input_kwargs.get('img_size'):
         loop.enter_size(state.img_size, rescale=False)  # the checkpoint's weights are defined at its size
-    stopped = loop.run(val_loader, test_loader)
+    with GracefulStop() as loop.graceful:
+        stopped = loop.run(val_loader, test_loader)
     if stopped:
         accelerator.print(f"stopped after step {state.global_step}; continue with --resume {run_dir}")
         return dict(run_dir=str(run_dir), stopped=True, global_step=state.global_step)
     return loop.finish(test_loader)
+
+
+class GracefulStop:
+    """SIGTERM or a first Ctrl-C asks the loop to checkpoint after the current step and stop (resume continues
+    exactly there); a second Ctrl-C interrupts at once. Only in the main thread, where Python delivers signals."""
+
+    def __init__(self):
+        self.requested, self._previous = False, {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        message = f"received {signal.Signals(signum).name}: stopping after this step with a checkpoint"
+        print(message, file=sys.stderr, flush=True)
+
+    def __enter__(self) -> 'GracefulStop':
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class _Loop:
@@ -660,6 +689,7 @@ class _Loop:
         self.args, self.acc, self.model, self.unwrapped = args, accelerator, model, unwrapped
         self.optimizer, self.scheduler, self.ema, self.criterion = optimizer, scheduler, ema, criterion
         self.state, self.run_dir, self.splits = state, run_dir, splits
+        self.graceful = None
 
     def checkpoint(self) -> None:
         _save_checkpoint(self.acc, self.run_dir, self.state, self.args.keep_checkpoints, self.custom_objects)
@@ -733,12 +763,20 @@ class _Loop:
                     and state.batch_in_epoch < num_batches:
                 self.checkpoint()
                 tic = time.perf_counter()  # checkpoint time is not training time
-            if args.stop_after_steps and acc.sync_gradients and state.global_step >= args.stop_after_steps:
+            if acc.sync_gradients and (self.stop_requested() or (
+                    args.stop_after_steps and state.global_step >= args.stop_after_steps)):
                 bar.close()
                 self.checkpoint()
                 return True
         bar.close()
         return False
+
+    def stop_requested(self) -> bool:
+        """A SIGTERM / Ctrl-C arrived (:class:`GracefulStop`); with several processes, any one of them."""
+        flag = self.graceful.requested if self.graceful is not None else False
+        if self.acc.num_processes > 1:
+            flag = self._reduce(float(flag)) > 0
+        return flag
 
     def check_finite(self, loss_value: float) -> None:
         """Stop a diverged run with a message: a NaN/inf loss, or NaN mask parameters (the next forward would

@@ -1,5 +1,10 @@
-"""Progressive resolution (--img-size-schedule) and whole-batch augmentation (--batch-augment)."""
+"""Long training runs: progressive resolution (--img-size-schedule), whole-batch augmentation (--batch-augment),
+a graceful stop on SIGTERM / Ctrl-C."""
 import io
+import signal
+import subprocess
+import sys
+import time
 import json
 import tarfile
 from pathlib import Path
@@ -160,3 +165,28 @@ def test_progressive_and_batch_augment_bad_options(tiny_cifar, tmp_path, cache, 
     assert not (tmp_path / 'runs').exists()  # nothing written
     with pytest.raises(UserError):
         train_main([*base, '--data', 'cifar10', '--data-dir', str(tiny_cifar), '--img-size-schedule', 'x'])
+
+
+def test_sigterm_checkpoints_and_stops_then_resume_finishes(tiny_cifar, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = dict(__import__('os').environ, OMP_NUM_THREADS='1', PYTHONPATH=str(root),
+               FLEXCONV_ZOO_CACHE=str(tmp_path / 'cache'))
+    args = [*TINY, '--data', 'cifar10', '--data-dir', str(tiny_cifar), '--img-size', '8', '--batch-augment',
+            '--epochs', '200', '--checkpoint-every', '0', '--output', str(tmp_path), '--name', 'run']
+    proc = subprocess.Popen([sys.executable, str(root / 'scripts' / 'train.py'), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / 'run' / 'metrics.json'
+    deadline = time.monotonic() + 120
+    while not metrics.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # one epoch done: the run is in its loop
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert 'received SIGTERM' in err and 'continue with --resume' in out
+    assert not (tmp_path / 'run' / 'model.safetensors').exists()  # stopped, not finished
+    newest = sorted((tmp_path / 'run' / 'checkpoints').glob('step_*'))[-1]
+    step = int(newest.name.split('_')[1])
+    assert step >= 3  # at least one epoch of 3 steps (24 training images / batch 8)
+    resumed = train_main(['--resume', str(tmp_path / 'run'), '--stop-after-steps', str(step + 2)])
+    assert resumed['stopped'] and resumed['global_step'] == step + 2  # continued from the SIGTERM checkpoint
