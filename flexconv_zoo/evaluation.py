@@ -238,8 +238,8 @@ def _hub_model(name: str, model_kwargs: Dict[str, Any]) -> nn.Module:
         raise UserError(str(e)) from None
     except Exception as e:  # hf-hub: names fetch their config.json through timm (unknown repo, offline, ...)
         raise UserError(
-            f"Cannot load pretrained weights for {name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
-            f" Offline, set HF_HUB_OFFLINE=1 with a filled HF cache, or pass a local folder / file with --checkpoint."
+            f"Cannot load pretrained weights for {name} ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}). "
+            f"Offline, set HF_HUB_OFFLINE=1 with a filled HF cache, or pass a local folder / file with --checkpoint."
         ) from None
     _sync_to_config(model)
     return model

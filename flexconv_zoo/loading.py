@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -318,8 +318,9 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, s
     skip = ()
     if cfg.get('classifier') and getattr(model, 'num_classes', None) != cfg.get('num_classes'):
         skip = (cfg['classifier'],) if isinstance(cfg['classifier'], str) else tuple(cfg['classifier'])
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(tuple(s + '.' for s in skip))}
-    given = {k: tuple(v.shape) for k, v in state_dict.items() if not k.startswith(tuple(s + '.' for s in skip))}
+    prefixes = tuple(s + '.' for s in skip)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not (prefixes and k.startswith(prefixes))}
+    given = {k: tuple(v.shape) for k, v in state_dict.items() if not (prefixes and k.startswith(prefixes))}
     missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
     wrong = sorted(f"{k}: file {given[k]} vs model {expected[k]}" for k in set(given) & set(expected)
                    if given[k] != expected[k])
