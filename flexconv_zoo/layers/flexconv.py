@@ -35,7 +35,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .fftconv import CONV_METHODS, conv_nd
+from .fftconv import CONV_METHODS, _direct, _padding, conv_nd
 from .kernelnet import create_kernel_net
 from .mask import GaussianMask
 from .resolution import (
@@ -47,6 +47,11 @@ __all__ = ['FlexConvNd', 'FlexConv1d', 'FlexConv2d', 'CROP_MODES']
 
 # How the crop (an integer shape) is decided, see FlexConvNd.crop_mode.
 CROP_MODES = ('auto', 'exact', 'lagged', 'full')
+
+
+def _conv_direct_untrimmed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], causal: bool):
+    """``conv_direct`` without dropping the taps that only meet padding (exact, shape-independent graph)."""
+    return _direct(x, weight, bias, _padding(weight.shape[2:], causal))
 
 
 class FlexConvNd(nn.Module):
@@ -148,10 +153,15 @@ class FlexConvNd(nn.Module):
     @property
     def cropped_kernel_size(self) -> Tuple[int, ...]:
         """Size of the kernel after the mask crop on the current grid."""
+        if self.is_reparameterized:
+            return tuple(self.weight.shape[2:])
         return self.mask.crop(self.grid)[1]
 
     def set_sampling_grid(self, grid_size: Union[int, Sequence[int]]) -> None:
         """Sample the continuous kernel on a grid of ``grid_size`` points per dimension."""
+        if self.is_reparameterized:
+            raise ValueError(
+                f"{type(self).__name__} is reparameterized (fixed kernel): call set_input_size before reparameterize().")
         grid = to_tuple(grid_size, self.dim, 'grid_size')
         if any(k < MIN_INPUT_SIZE for k in grid):
             raise ValueError(f"grid_size must be at least {MIN_INPUT_SIZE} per dimension, got {grid}.")
@@ -345,6 +355,8 @@ class FlexConvNd(nn.Module):
         return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
 
     def get_kernel(self, grid: Tuple[int, ...]) -> torch.Tensor:
+        if self.is_reparameterized:
+            return self.weight
         if not self._use_cache():
             self._cached_kernel = None
             return self.compute_kernel(grid)
@@ -358,6 +370,46 @@ class FlexConvNd(nn.Module):
     def train(self, mode: bool = True):
         self._cached_kernel = None
         return super().train(mode)
+
+    # ------------------------------------------------------------------ deployment
+    @property
+    def is_reparameterized(self) -> bool:
+        """True after :meth:`reparameterize`: the layer is a fixed convolution with parameter ``weight``."""
+        return 'weight' in self._parameters
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Replace the kernel net and mask by their fixed product on the current grid (timm's convention,
+        called for a whole model by ``timm.utils.reparameterize_model``).
+
+        The layer keeps only ``weight`` (the exact crop, ``(out, in, *cropped_kernel_size)``) and ``bias`` and
+        runs the same "same"/causal convolution, dispatched to direct or FFT by ``conv_method``: the function
+        of the eval-mode layer at this resolution, without kernel net, mask or crop logic. Resample first
+        (``set_input_size``): afterwards the grid is fixed.
+        """
+        if self.is_reparameterized:
+            return
+        if self.follow_input_size:
+            raise ValueError(
+                f"{type(self).__name__} has follow_input_size=True (a kernel per input size): set it to False and "
+                f"call set_input_size for the deployment size before reparameterize().")
+        if self.mask.sigma.is_meta:
+            raise ValueError(f"{type(self).__name__} is on the meta device: load weights before reparameterize().")
+        kernel = self.compute_kernel(self.grid, crop_mode='exact')
+        self.clear_kernel_cache()
+        del self.kernel_net, self.mask  # a plain conv carries no kernel net or mask
+        self.weight = nn.Parameter(kernel.detach().clone(memory_format=torch.contiguous_format))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Reparameterized kernels have their learned crop size: take the size stored with the weights
+        # (a freshly created model reparameterizes to its 5x5 init crop).
+        weight = state_dict.get(prefix + 'weight')
+        if self.is_reparameterized and isinstance(weight, torch.Tensor) and weight.shape != self.weight.shape:
+            if weight.shape[:2] == self.weight.shape[:2] and weight.dim() == self.weight.dim():
+                self.weight = nn.Parameter(self.weight.new_empty(weight.shape), self.weight.requires_grad)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: torch.Tensor) -> None:
@@ -382,6 +434,11 @@ class FlexConvNd(nn.Module):
         if weight.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
             weight = weight.to(x.dtype)
             bias = bias.to(x.dtype) if bias is not None else None
+        if self.is_reparameterized and (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()):
+            # ONNX has no complex matmul for the FFT path (nor TorchScript tracing a host-side FFT length); a plain
+            # padded Conv is the same function, and without conv_nd's size-dependent tap trimming the graph
+            # keeps symbolic input sizes.
+            return _conv_direct_untrimmed(x, weight, bias, causal=self.causal)
         return conv_nd(x, weight, bias, causal=self.causal, method=self.conv_method)
 
     # ------------------------------------------------------------------ regularisation
@@ -391,6 +448,8 @@ class FlexConvNd(nn.Module):
         return (min(self.source_grid) - 1) / 4
 
     def _filter_net(self) -> nn.Module:
+        if self.is_reparameterized:
+            raise ValueError(f"{type(self).__name__} is reparameterized: it has no kernel net to regularise.")
         if not hasattr(self.kernel_net, 'layer_frequencies'):
             raise ValueError(
                 f"The alias-free regulariser needs a multiplicative filter kernel net (magnet, gabor, fourier), "
@@ -428,6 +487,8 @@ class FlexConvNd(nn.Module):
         if self.grid != self.source_grid:
             s += f", source_kernel_size={self.source_grid}"
         s += f", causal={self.causal}, conv_method={self.conv_method!r}, bias={self.bias is not None}"
+        if self.is_reparameterized:
+            s += f", reparameterized={tuple(self.weight.shape[2:])}"
         return s
 
 

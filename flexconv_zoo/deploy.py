@@ -1,0 +1,160 @@
+"""Deployment: a trained FlexConv model as a plain CNN, and its ONNX export.
+
+In eval mode a FlexConv's kernel is a fixed tensor. :meth:`FlexConvNd.reparameterize
+<flexconv_zoo.layers.FlexConvNd.reparameterize>` turns each layer into a fixed convolution of its cropped kernel
+at the model's current resolution (timm's convention, so ``timm.utils.reparameterize_model(model)`` converts a
+whole model); this module adds loading a model from a tag, run folder or weights file, and the ONNX export
+with an onnxruntime parity check (``pip install ".[onnx]"``).
+"""
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.utils import reparameterize_model
+
+__all__ = [
+    'load_source', 'input_shape', 'set_resolution', 'reparameterize', 'export_onnx', 'onnx_max_diff', 'export_and_check',
+    'format_parity',
+]
+
+
+def load_source(
+        source: str,
+        model_name: Optional[str] = None,
+        source_img_size: Optional[int] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+) -> nn.Module:
+    """A model in eval mode from a pretrained tag (``flexnet16.cifar10``, ``hf-hub:<org>/<name>``), a run
+    folder, a Hub-layout folder or a weights file (then ``model_name`` names the architecture)."""
+    from .evaluation import load_model
+    path = Path(source)
+    if path.exists() or source.startswith('hf-hub:') or '/' in source or path.suffix in ('.safetensors', '.pth', '.pt'):
+        model = load_model(source, model_name=model_name, model_kwargs=model_kwargs,
+                           source_img_size=source_img_size)
+    else:
+        if model_name and model_name != source:
+            raise ValueError(f"{source} is neither a file nor a folder; give it as the model name, not with --model.")
+        model = load_model(None, model_name=source, model_kwargs=model_kwargs, pretrained=True)
+    return model.eval()
+
+
+def _is_sequence_model(model: nn.Module) -> bool:
+    return hasattr(model, 'seq_len')
+
+
+def set_resolution(model: nn.Module, size: Optional[int]) -> None:
+    """Resample every kernel for inputs of ``size`` (pixels per side, or sequence length); None keeps the grid."""
+    if size is None:
+        return
+    if _is_sequence_model(model):
+        model.set_input_size(seq_len=size)
+    else:
+        model.set_input_size(img_size=size)
+
+
+def input_shape(model: nn.Module, batch_size: int = 1, size: Optional[int] = None) -> Tuple[int, ...]:
+    """An input shape for ``model``: ``(B, C, L)`` for FlexTCN, ``(B, C, H, W)`` for FlexNet; ``size`` defaults to
+    the model's current resolution (its pretrained cfg's ``input_size``)."""
+    cfg_size = tuple((getattr(model, 'pretrained_cfg', None) or {}).get('input_size') or ())
+    if _is_sequence_model(model):
+        length = size or (cfg_size[-1] if cfg_size else model.seq_len)
+        return batch_size, model.in_chans, length
+    hw = (size, size) if size else (tuple(cfg_size[-2:]) if cfg_size else tuple(model.img_size))
+    return (batch_size, model.in_chans, *hw)
+
+
+def reparameterize(model: nn.Module, size: Optional[int] = None, inplace: bool = False) -> nn.Module:
+    """``timm.utils.reparameterize_model`` after resampling for ``size``: an eval-mode model whose FlexConvs are
+    fixed convolutions (no kernel nets, masks or crop logic)."""
+    if not inplace:
+        import copy
+        model = copy.deepcopy(model)
+    set_resolution(model, size)
+    model = reparameterize_model(model.eval(), inplace=True)
+    return model
+
+
+def export_onnx(
+        model: nn.Module,
+        path: Union[str, Path],
+        size: Optional[int] = None,
+        batch_size: int = 1,
+        dynamic: bool = True,
+        opset: Optional[int] = None,
+) -> Path:
+    """Reparameterize ``model`` (resampled for ``size`` first) and write it to ``path`` with ``torch.onnx.export``.
+
+    ``dynamic`` makes the batch and spatial/temporal sizes symbolic: like any CNN the exported model accepts
+    other input sizes with the kernels of ``size``. The FFT path has no ONNX form (complex matmul): the
+    reparameterized layers export as ONNX ``Conv`` ops, which compute the same function.
+    """
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx.export's exporter needs it)
+    except ImportError:
+        raise ImportError("ONNX export needs the onnx extra: pip install 'flexconv_zoo[onnx]'.") from None
+    deployed = reparameterize(model, size)
+    x = torch.randn(input_shape(deployed, batch_size, size))
+    dims = {0: torch.export.Dim('batch', min=1)}
+    if dynamic:
+        for axis in range(2, x.dim()):
+            if x.shape[axis] > 1:  # FlexTCN's image layout is (B, C, 1, L); a sequence is (B, C, L)
+                dims[axis] = torch.export.Dim(f'size{axis}', min=2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {} if opset is None else {'opset_version': opset}
+    torch.onnx.export(deployed, (x,), str(path), dynamo=True, dynamic_shapes=(dims,), input_names=['input'],
+                      output_names=['logits'], verbose=False, **kwargs)
+    return path
+
+
+def onnx_max_diff(
+        path: Union[str, Path], model: nn.Module, shapes: Sequence[Sequence[int]], seed: int = 0,
+) -> List[Dict[str, Any]]:
+    """Largest |onnxruntime - PyTorch| of ``model`` on random inputs of each shape (timing: scripts/benchmark.py)."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    name = session.get_inputs()[0].name
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for shape in shapes:
+        x = torch.randn(tuple(shape), generator=generator)
+        with torch.no_grad():
+            expected = model(x)
+        got = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        if got.shape != expected.shape:
+            raise ValueError(f"onnxruntime returned shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}.")
+        rows.append(dict(shape=tuple(shape), max_abs_diff=(got - expected).abs().max().item(),
+                         max_abs_output=expected.abs().max().item()))
+    return rows
+
+
+def export_and_check(
+        source: str,
+        output: Optional[Union[str, Path]] = None,
+        model_name: Optional[str] = None,
+        size: Optional[int] = None,
+        check_sizes: Sequence[int] = (),
+        source_img_size: Optional[int] = None,
+        dynamic: bool = True,
+        opset: Optional[int] = None,
+) -> Tuple[Path, List[Dict[str, Any]]]:
+    """Load ``source`` (see :func:`load_source`), export it for inputs of ``size`` (default: its current
+    resolution) to ``output`` (default ``<name>.onnx``) and compare onnxruntime with the PyTorch model (before
+    reparameterization) on random inputs of ``size`` and each of ``check_sizes``."""
+    model = load_source(source, model_name=model_name, source_img_size=source_img_size)
+    set_resolution(model, size)
+    name = Path(source).name if Path(source).exists() else source.replace('hf-hub:', '').replace('/', '_')
+    path = export_onnx(model, output or f'{Path(name).stem if name.endswith(".safetensors") else name}.onnx',
+                       dynamic=dynamic, opset=opset)
+    shapes = [input_shape(model, 2)]
+    shapes += [input_shape(model, 2, s) for s in check_sizes if dynamic]
+    return path, onnx_max_diff(path, model, shapes)
+
+
+def format_parity(rows: Sequence[Dict[str, Any]]) -> str:
+    """A markdown table of :func:`onnx_max_diff` rows."""
+    lines = ['| input shape | max abs diff | max abs output |', '|---|---|---|']
+    for r in rows:
+        lines.append(f"| {tuple(r['shape'])} | {r['max_abs_diff']:.2e} | {r['max_abs_output']:.3g} |")
+    return '\n'.join(lines)
