@@ -293,3 +293,50 @@ def test_torch_export_matches_eager():
     # the exported graph may pick the other (FFT vs direct) path: float32 rounding only
     assert out.shape == ref.shape
     assert (out - ref).abs().max() < 1e-3 * ref.abs().max()
+
+
+# ------------------------------------------------------------------------------------------------ issue 12
+@pytest.mark.parametrize('name,x', [('flexnet8', torch.randn(2, 3, 16, 16)), ('flextcn2', torch.randn(2, 1, 40))])
+def test_models_pickle_and_torch_save(name, x, tmp_path):
+    import pickle
+    model = timm.create_model(name, kernel_hidden=8).eval()
+    with torch.no_grad():
+        ref = model(x)  # the kernel cache is filled: it must not stop pickling
+        assert torch.equal(pickle.loads(pickle.dumps(model))(x), ref)
+        torch.save(model, tmp_path / 'model.pt')
+        loaded = torch.load(tmp_path / 'model.pt', weights_only=False)
+        assert torch.equal(loaded(x), ref)
+        # the load_state_dict hook still clears the cache after unpickling
+        loaded.load_state_dict({k: v * 0 if k.endswith('head.fc.weight') else v for k, v in ref_state(model).items()})
+        assert torch.equal(loaded(x), loaded.head.fc.bias.expand_as(ref))
+
+
+def ref_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize('name,x', [('flexnet8', torch.zeros(0, 3, 16, 16)), ('flextcn2', torch.zeros(0, 1, 40))])
+def test_empty_batch_is_a_clear_error(name, x):
+    model = timm.create_model(name, kernel_hidden=8).eval()
+    with pytest.raises(ValueError, match='empty batch'):
+        model(x)
+
+
+@pytest.mark.parametrize('dtype', [torch.uint8, torch.int64, torch.bool])
+def test_integer_and_bool_images_are_a_clear_error(dtype):
+    model = timm.create_model('flexnet8', img_size=16, widths=(8,), kernel_hidden=8).eval()
+    with pytest.raises(TypeError, match=f'floating-point input, got {dtype}'):
+        model(torch.ones(2, 3, 16, 16, dtype=dtype))
+
+
+@pytest.mark.parametrize('name,bad', [('flexnet8', 2.5), ('flexnet8', '32'), ('flexnet8', True), ('flexnet8', (16, 2.0)),
+                                      ('flextcn2', 2.5), ('flextcn2', '40'), ('flextcn2', (1, 40.0))])
+def test_set_input_size_rejects_non_integers_and_changes_nothing(name, bad):
+    model = timm.create_model(name, kernel_hidden=8)
+    grids = [layer.grid for layer in model.flexconv_layers()]
+    cfg = dict(model.pretrained_cfg)
+    with pytest.raises(TypeError, match='must be an int'):
+        model.set_input_size(img_size=bad) if name.startswith('flexnet') else model.set_input_size(seq_len=bad)
+    assert [layer.grid for layer in model.flexconv_layers()] == grids and model.pretrained_cfg == cfg
+    with pytest.raises(TypeError, match='must be an int'):
+        next(model.flexconv_layers()).set_input_size(bad)

@@ -3,7 +3,8 @@
 Passing it is what makes FlexNet / FlexTCN "real" timm models: default cfgs, meta-device creation,
 bf16, features, FX tracing, head resets, pruning. The sdist is fetched with ``pip download`` into
 ``$FLEXCONV_TIMM_SDIST_DIR`` (default ``.cache/timm-sdist``) unless it is already there; ``.ci/run``
-fetches it before the tests. TorchScript tests are deselected: TorchScript is deprecated in this torch
+fetches it before the slow set (``pytest -m slow``, minutes), which this test belongs to. TorchScript tests
+are deselected: TorchScript is deprecated in this torch
 (``torch.compile`` / ``torch.export`` are tested in test_models.py / test_speed_paths.py instead).
 """
 import os
@@ -41,6 +42,7 @@ def timm_test_file() -> Path:
     return test_file
 
 
+@pytest.mark.slow  # minutes on 2 CPU cores: CI runs it with -m slow
 @pytest.mark.timm_suite
 def test_timm_model_suite_passes_for_flexconv_models():
     test_file = timm_test_file()

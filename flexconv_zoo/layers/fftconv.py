@@ -32,10 +32,11 @@ Speed notes (measured, see ``scripts/benchmark.py`` and ``docs/PERFORMANCE.md``)
   into NCHW, as the inverse FFT leaves the spatial axes innermost), so one FFT layer's training step is about
   5 % slower in channels_last than in NCHW (199 vs 191 ms, 48->48, 33x33, batch 64, 1 thread).
 
-:func:`conv_nd` with ``method='auto'`` picks the faster path by measuring both once per device and shape
-(:func:`select_conv_method`), falling back to the threshold table ``FFT_THRESHOLDS`` where timing is not
-possible (``torch.compile``/export, FX tracing, meta tensors, CUDA graph capture) or when autotuning is
-disabled (``FLEXCONV_AUTOTUNE=0`` or :func:`set_autotune`).
+:func:`conv_nd` with ``method='auto'`` uses the threshold table ``FFT_THRESHOLDS`` (deterministic, no set-up
+cost). Autotuning is opt-in (``FLEXCONV_AUTOTUNE=1`` or :func:`set_autotune`): the faster path is then measured
+once per device and shape (:func:`select_conv_method`; on CPU a direct convolution is first estimated from one
+32x32 tile, so a large first input costs about one FFT timing), except where timing is not possible
+(``torch.compile``/export, FX tracing, meta tensors, CUDA graph capture).
 """
 import contextlib
 import functools
@@ -140,6 +141,11 @@ def _trim(weight: torch.Tensor, sizes: Sequence[int], causal: bool) -> Tuple[tor
 
 
 def _direct(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], before: Sequence[int]):
+    if x.device.type == 'cpu' and x.dtype == torch.float16:
+        # CPUs have no fast float16 convolution (one 48->48 33x33 layer on two 32x32 images: 109 s in float16,
+        # 0.4 s in float32): compute in float32, as the FFT path does, and round once at the end
+        bias = bias.float() if bias is not None else None
+        return _direct(x.float(), weight.float(), bias, before).to(x.dtype)
     dim = weight.dim() - 2
     conv = F.conv1d if dim == 1 else F.conv2d
     ks = weight.shape[2:]
@@ -351,7 +357,7 @@ def choose_conv_method(kernel_size: Sequence[int], device_type: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- autotune
-_AUTOTUNE = os.environ.get('FLEXCONV_AUTOTUNE', '1').strip().lower() not in ('0', 'false', 'off', 'no')
+_AUTOTUNE = os.environ.get('FLEXCONV_AUTOTUNE', '0').strip().lower() not in ('0', 'false', 'off', 'no')
 _AUTOTUNE_CACHE: Dict[tuple, str] = {}
 # The FFT must be this much faster to be picked (see _tune).
 _FFT_MARGIN = 0.95
@@ -441,14 +447,15 @@ def _tune(x: torch.Tensor, weight: torch.Tensor, causal: bool, needs_grad: bool)
     # Timed at the real batch: the FFT of the kernel is a fixed cost that a slice of the batch would overweight.
     t_fft = _measure(runner(_fft, x), device, budget_s=0.1)
     if device.type == 'cpu':
-        # A direct conv costs batch x one sample on CPU: skip timing one that cannot win (seconds for a
-        # 33x33 kernel at batch 64, more with its backward).
+        # A direct conv costs batch x output area x one tile on CPU: skip timing one that cannot win (seconds
+        # for a 33x33 kernel at batch 64; minutes for one 512x512 image, so the probe is a 32x32 tile).
         with torch.no_grad():
-            one = x[:1].detach()
-            _direct(one, weight.detach(), None, before)
+            tile = x[(slice(0, 1), slice(None), *(slice(0, min(n, 32)) for n in x.shape[2:]))].detach()
+            scale = x.shape[0] * math.prod(x.shape[2:]) / math.prod(tile.shape[2:])
+            _direct(tile, weight.detach(), None, before)
             t0 = time.perf_counter()
-            _direct(one, weight.detach(), None, before)
-            if (time.perf_counter() - t0) * x.shape[0] > 2.0 * t_fft:
+            _direct(tile, weight.detach(), None, before)
+            if (time.perf_counter() - t0) * scale > 2.0 * t_fft:
                 return 'fft'
     t_direct = _measure(runner(_direct, x), device, budget_s=0.1)
     # Ties go to the direct path: it is exact to float rounding per output (an FFT spreads rounding over

@@ -30,7 +30,7 @@ The crop is a shape, so deciding it reads the mask parameters on the host. ``cro
 """
 import math
 import warnings
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -39,7 +39,7 @@ from .fftconv import CONV_METHODS, _direct, _padding, conv_nd
 from .kernelnet import create_kernel_net
 from .mask import GaussianMask
 from .resolution import (
-    MIN_INPUT_SIZE, crop_extent_causal, crop_extent_centered, grid_positions, grid_size_for_input,
+    MIN_INPUT_SIZE, check_size, crop_extent_causal, crop_extent_centered, grid_positions, grid_size_for_input,
     sampling_rate_scale, threshold_radius, to_tuple,
 )
 
@@ -47,6 +47,11 @@ __all__ = ['FlexConvNd', 'FlexConv1d', 'FlexConv2d', 'CROP_MODES']
 
 # How the crop (an integer shape) is decided, see FlexConvNd.crop_mode.
 CROP_MODES = ('auto', 'exact', 'lagged', 'full')
+
+
+def _clear_cache_after_load(module: nn.Module, incompatible_keys: Any) -> None:
+    """``load_state_dict`` post-hook: new parameters invalidate the cached kernel."""
+    module.clear_kernel_cache()
 
 
 def _conv_direct_untrimmed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], causal: bool):
@@ -142,7 +147,7 @@ class FlexConvNd(nn.Module):
         self._lag_event = None
         self._lag_window = None  # (mask parameter versions, grid) -> window of the last lagged forward
         self._lag_margin = 1.0  # in grid steps (centred) / fraction of 1 % of the domain (causal), doubles
-        self.register_load_state_dict_post_hook(lambda module, incompatible: module.clear_kernel_cache())
+        self.register_load_state_dict_post_hook(_clear_cache_after_load)  # a function, not a lambda: picklable
 
     # ------------------------------------------------------------------ resolution
     @property
@@ -170,10 +175,12 @@ class FlexConvNd(nn.Module):
 
     def set_input_size(self, input_size: Union[int, Sequence[int]]) -> None:
         """Announce that inputs now have ``input_size`` samples per dimension (resampled data)."""
+        input_size = check_size(input_size, self.dim, 'input_size')
         self.set_sampling_grid(grid_size_for_input(input_size, self.dim, causal=self.causal))
 
     def set_source_size(self, input_size: Union[int, Sequence[int]]) -> None:
         """Declare the input size the layer is trained at (its kernel grid) and sample on that grid."""
+        input_size = check_size(input_size, self.dim, 'input_size')
         self.source_grid = grid_size_for_input(input_size, self.dim, causal=self.causal)
         self.set_sampling_grid(self.source_grid)
 
@@ -186,6 +193,13 @@ class FlexConvNd(nn.Module):
         self._lag_buffer = None
         self._lag_event = None
         self._lag_window = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # pickle / torch.save / deepcopy keep the definition, not the caches (a CUDA event does not pickle)
+        state = self.__dict__.copy()
+        state.update(_cached_kernel=None, _cache_key=None, _positions={}, _lag_buffer=None, _lag_event=None,
+                     _lag_window=None)
+        return state
 
     def _apply(self, fn, *args, **kwargs):
         # .to(device/dtype), .cuda(), .half(): every cached tensor lives on the old device or dtype.
@@ -425,6 +439,12 @@ class FlexConvNd(nn.Module):
             raise ValueError(
                 f"{type(self).__name__} needs at least {MIN_INPUT_SIZE} samples per spatial dimension, "
                 f"got input shape {tuple(x.shape)}.")
+        if x.shape[0] == 0:  # the FFT libraries fail on empty batches with backend errors
+            raise ValueError(f"{type(self).__name__} got an empty batch (input shape {tuple(x.shape)}).")
+        if not x.is_floating_point():
+            raise TypeError(
+                f"{type(self).__name__} expects a floating-point input, got {x.dtype}: convert images first, "
+                f"e.g. x.float() / 255 or timm's transforms (resolve_data_config + create_transform).")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

@@ -9,12 +9,13 @@ the kernel is scaled by ``prod_d (K_src,d - 1) / (K_tgt,d - 1)`` so that its sum
 denser samples stays comparable (paper: ``(src / tgt)^D``).
 """
 import math
-from typing import Sequence, Tuple, Union
+import numbers
+from typing import Any, Sequence, Tuple, Union
 
 import torch
 
 __all__ = [
-    'grid_size_for_input', 'to_tuple', 'crop_extent_centered', 'crop_extent_causal',
+    'grid_size_for_input', 'to_tuple', 'check_size', 'crop_extent_centered', 'crop_extent_causal',
     'grid_positions', 'sampling_rate_scale', 'threshold_radius', 'MIN_INPUT_SIZE',
 ]
 
@@ -32,6 +33,19 @@ def to_tuple(value: IntOrSeq, dim: int, name: str = 'size') -> Tuple[int, ...]:
     if len(value) != dim:
         raise ValueError(f"{name} must be an int or a sequence of {dim} ints, got {value}.")
     return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (numbers.Integral, torch.SymInt)) and not isinstance(value, bool)
+
+
+def check_size(value: Any, dim: int, name: str = 'size') -> Tuple[int, ...]:
+    """:func:`to_tuple` for sizes given by users (``set_input_size``): ints only, so that ``2.5`` or ``'32'``
+    cannot leave the kernel grid, ``img_size`` and the data config disagreeing. Raises ``TypeError``."""
+    items = (value,) if _is_int(value) else value
+    if isinstance(value, (str, bytes)) or not hasattr(items, '__iter__') or not all(_is_int(v) for v in items):
+        raise TypeError(f"{name} must be an int or a sequence of {dim} ints, got {value!r} ({type(value).__name__}).")
+    return to_tuple(int(value) if _is_int(value) else tuple(int(v) for v in value), dim, name)
 
 
 def grid_size_for_input(input_size: IntOrSeq, dim: int, causal: bool = False) -> Tuple[int, ...]:

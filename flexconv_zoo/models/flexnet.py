@@ -26,6 +26,7 @@ from timm.models._features import feature_take_indices
 
 from ..data.datasets import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from ..layers import FlexConv1d, FlexConv2d, FlexConvNd
+from ..layers.resolution import check_size
 from ..loading import build_flexconv_model, hub_weights
 from ._base import FlexConvModelMixin, check_image_input, pretrained_input_size, resample_to, sync_cfg_input_size
 from ._checkpoint import checkpoint_filter_fn
@@ -167,7 +168,7 @@ class FlexNet(FlexConvModelMixin, nn.Module):
     # ------------------------------------------------------------------ resolution
     def set_source_size(self, img_size: Union[int, Tuple[int, int]]) -> None:
         """Declare the training resolution (sets the kernel grid every layer is trained on)."""
-        self.img_size = to_2tuple(img_size)
+        self.img_size = check_size(img_size, 2, 'img_size')
         for layer in self.flexconv_layers():
             layer.set_source_size(self.img_size)
 
@@ -181,7 +182,7 @@ class FlexNet(FlexConvModelMixin, nn.Module):
             raise TypeError(f"FlexNet.set_input_size got unexpected arguments {sorted(kwargs)}.")
         if img_size is None:
             return
-        size = to_2tuple(img_size)
+        size = check_size(img_size, 2, 'img_size')  # before any layer changes
         for layer in self.flexconv_layers():
             layer.set_input_size(size)
         cfg = getattr(self, 'pretrained_cfg', None)

@@ -24,6 +24,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..layers import FlexConv1d
+from ..layers.resolution import check_size
 from ..loading import HUB_ORG, build_flexconv_model, hub_weights  # noqa: F401 (HUB_ORG for new tags)
 from ._base import FlexConvModelMixin, as_sequence, pretrained_input_size, resample_to, sync_cfg_input_size, restore_layout
 from ._checkpoint import checkpoint_filter_fn
@@ -191,7 +192,9 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
     @staticmethod
     def _length(size: Union[int, Sequence[int]]) -> int:
         # (C, 1, L) / (1, L) image-style sizes carry the length last.
-        return int(size) if isinstance(size, int) else int(size[-1])
+        if isinstance(size, (str, bytes)) or not (isinstance(size, int) or hasattr(size, '__getitem__')):
+            raise TypeError(f"seq_len must be an int or a size ending in the length, got {size!r}.")
+        return check_size(size if isinstance(size, int) else size[-1], 1, 'seq_len')[0]
 
     def set_source_size(self, seq_len: Union[int, Sequence[int]]) -> None:
         """Declare the training sequence length (sets the kernel grid every layer is trained on)."""
