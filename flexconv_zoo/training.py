@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from .evaluation import UserError, atomic_write_text, evaluate, load_weights, min_input_size, parse_model_kwargs
+from .plots import update_training_plot
 from .progressive import parse_size_schedule, size_at_epoch
 
 __all__ = ['build_train_parser', 'train_main', 'latest_checkpoint', 'checkpoint_folders', 'param_groups',
@@ -835,6 +836,7 @@ class _Loop:
         state.start_epoch()
         if acc.is_main_process:
             _write_metrics(self.run_dir, state.history)
+            update_training_plot(self.run_dir)  # <run>/training_curves.png, redrawn every epoch
             self.log_tensorboard(row)
         self.checkpoint()
 
