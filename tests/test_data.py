@@ -209,3 +209,91 @@ def test_character_trajectories_ts_files(tmp_path):
     x, _ = splits.train.base.raw(0)
     assert x.shape == (3, 182)
     assert torch.equal(x[:, 59:], x[:, 59:60].expand(-1, 123))  # padded by repeating the last step
+
+
+# ------------------------------------------------------------------------------------------------ issue 12
+def _write_tarball(path, classes=('cat', 'airplane'), seed=0):
+    """A tiny CIFAR-10-like tarball; the images of ``classes[i]`` are drawn i-th, so swapping the names gives a
+    tarball of exactly the same size and other content."""
+    rng = np.random.default_rng(seed)
+    with tarfile.open(path, 'w') as tar:
+        for split, n in (('train', 3), ('test', 1)):
+            for cls in classes:
+                for i in range(n):
+                    buf = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, 'PNG')
+                    info = tarfile.TarInfo(f'cifar10/{split}/{cls}/{i:04d}.png')
+                    info.size = buf.getbuffer().nbytes
+                    buf.seek(0)
+                    tar.addfile(info, buf)
+
+
+def test_decode_cache_is_keyed_by_content_and_rebuilt_when_damaged(tmp_path, capsys):
+    from flexconv_zoo.data.datasets import _file_digest, load_cifar10_tarball
+    tar_path, cache = tmp_path / 'cifar10_jpg_q75.tar.gz', tmp_path / 'cache'
+    _write_tarball(tar_path)
+    first = load_cifar10_tarball(tar_path, cache)
+    assert 'decoding' in capsys.readouterr().err  # a minute-long step says what it does
+    size = tar_path.stat().st_size
+    _write_tarball(tar_path, classes=('airplane', 'cat'))  # same name and size, other content
+    assert tar_path.stat().st_size == size
+    swapped = load_cifar10_tarball(tar_path, cache)
+    assert not np.array_equal(swapped['train'][0], first['train'][0])
+    npz = cache / f'cifar10_jpg_q75_{_file_digest(tar_path)}.npz'
+    npz.write_bytes(npz.read_bytes()[:1000])  # truncated cache: rebuilt, never a BadZipFile
+    again = load_cifar10_tarball(tar_path, cache)
+    assert np.array_equal(again['train'][0], swapped['train'][0]) and 'rebuilding' in capsys.readouterr().err
+    assert sorted(p.name for p in cache.iterdir() if p.name.startswith('.')) == []  # no temporary files
+
+
+def test_interrupted_decode_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from flexconv_zoo.data import datasets
+    tar_path, cache = tmp_path / 'cifar10_jpg_q75.tar.gz', tmp_path / 'cache'
+    _write_tarball(tar_path)
+    real_savez = np.savez
+
+    def interrupted(file, **arrays):
+        real_savez(file, **arrays)
+        raise KeyboardInterrupt  # Ctrl-C after the big write, before the rename
+
+    monkeypatch.setattr(datasets.np, 'savez', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        datasets.load_cifar10_tarball(tar_path, cache)
+    assert list(cache.iterdir()) == []
+    monkeypatch.setattr(datasets.np, 'savez', real_savez)
+    dead = 4_000_000  # a killed process's leftover (no such pid) is cleaned up by the next decode
+    stale = cache / f'.cifar10_jpg_q75_{datasets._file_digest(tar_path)}.npz.{dead}.tmp.npz'
+    stale.write_bytes(b'x' * 100)
+    datasets.load_cifar10_tarball(tar_path, cache)
+    assert [p.name for p in cache.iterdir()] == [stale.name[1:].split(f'.{dead}')[0]]
+
+
+def test_truncated_tarball_and_image_errors_name_the_file(tmp_path):
+    from flexconv_zoo.data.datasets import DataError, load_cifar10_tarball
+    tar_path = tmp_path / 'cifar10_jpg_q75.tar.gz'
+    _write_tarball(tar_path)
+    gz = tmp_path / 'copy.tar.gz'
+    with tarfile.open(gz, 'w:gz') as tar:
+        tar.add(tar_path, arcname='inner.tar')
+    gz.write_bytes(gz.read_bytes()[:len(gz.read_bytes()) // 2])
+    with pytest.raises(DataError, match=f'Cannot read {gz}.*truncated or damaged'):
+        load_cifar10_tarball(gz, tmp_path / 'cache')
+    _write_folder(tmp_path / 'folder', n=3)
+    bad = tmp_path / 'folder' / 'train' / 'a' / '1.png'
+    bad.write_bytes(bad.read_bytes()[:60])
+    splits = create_datasets(str(tmp_path / 'folder'), val_size=0)
+    with pytest.raises(DataError, match=f'Cannot decode image {bad}'):
+        [splits.train[i] for i in range(len(splits.train))]
+
+
+def test_image_folder_class_mismatches_are_errors(tmp_path):
+    from flexconv_zoo.data.datasets import DataError
+    _write_folder(tmp_path / 'empty', n=3)
+    (tmp_path / 'empty' / 'train' / 'zz_empty').mkdir()
+    with pytest.raises(DataError, match='zz_empty hold no images'):
+        create_datasets(str(tmp_path / 'empty'))
+    _write_folder(tmp_path / 'extra', n=3)
+    (tmp_path / 'extra' / 'test' / 'c').mkdir()
+    Image.new('RGB', (24, 20)).save(tmp_path / 'extra' / 'test' / 'c' / '0.png')
+    with pytest.raises(DataError, match='class folder.s. c that'):
+        create_datasets(str(tmp_path / 'extra'))

@@ -25,8 +25,10 @@ import importlib.util
 import io
 import os
 import re
+import sys
 import tarfile
 import wave
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -36,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 __all__ = [
-    'DataSplits', 'ArrayDataset', 'SplitView', 'create_datasets', 'DataNotFoundError', 'default_data_dirs',
+    'DataSplits', 'ArrayDataset', 'SplitView', 'create_datasets', 'DataNotFoundError', 'DataError', 'default_data_dirs',
     'default_cache_dir', 'load_cifar10_tarball', 'load_cifar10_batches', 'load_image_folder', 'load_fashion_mnist',
     'load_mnist1d', 'load_speech_commands', 'load_character_trajectories', 'load_japanese_vowels',
     'find_japanese_vowels', 'read_ts_file', 'stratified_split',
@@ -53,6 +55,11 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.t
 
 class DataNotFoundError(FileNotFoundError):
     """The files of a data set are not where they were looked for; the message says where to put them."""
+
+
+class DataError(DataNotFoundError):
+    """A data file is there but unusable (truncated, damaged, an inconsistent folder tree); the message names the
+    file and what to do. A :class:`DataNotFoundError`, so every script reports it as one ``error:`` line."""
 
 
 def default_data_dirs() -> List[Path]:
@@ -143,8 +150,11 @@ class _FolderImages:
         from PIL import Image
         from torchvision.transforms.v2 import functional as TF
         path, target = self.samples[index]
-        with Image.open(path) as img:
-            return TF.to_image(img.convert('RGB')), target
+        try:
+            with Image.open(path) as img:
+                return TF.to_image(img.convert('RGB')), target
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: unidentified, truncated or broken files
+            raise DataError(f"Cannot decode image {path} ({type(e).__name__}: {e}): replace or delete it.") from None
 
 
 @dataclass
@@ -195,10 +205,53 @@ def stratified_split(targets: np.ndarray, fractions: Sequence[float] = (0.7, 0.1
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    """Write through a temporary file; an interrupted write (Ctrl-C, full disk) leaves nothing behind, and the
+    temporary files of killed processes are removed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(f'.{path.name}.*.tmp.npz'):
+        match = re.fullmatch(rf'\.{re.escape(path.name)}\.(\d+)\.tmp\.npz', old.name)
+        if match and not _pid_alive(int(match.group(1))):
+            old.unlink(missing_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp.npz')
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # an earlier, interrupted write of this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _read_cache(path: Path, keys: Sequence[str]) -> Optional[Dict[str, np.ndarray]]:
+    """The arrays of a decode cache, or None when it is missing or damaged (then it is deleted and rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:  # allow_pickle=False: arrays only
+            return {k: z[k] for k in keys}
+    except Exception as e:  # BadZipFile, EOFError, ValueError, KeyError, zlib.error for a truncated file
+        print(f"warning: decode cache {path} is damaged ({type(e).__name__}: {e}); rebuilding it", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _file_digest(path: Path) -> str:
+    """A content key for caches derived from ``path`` (0.05 s for the 19 MB CIFAR-10 tarball)."""
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _find(candidates: Sequence[Path]) -> Optional[Path]:
@@ -212,31 +265,45 @@ def _search_dirs(data_dir: Optional[Path]) -> List[Path]:
 # ---------------------------------------------------------------------------------------------- CIFAR-10
 def load_cifar10_tarball(path: Path, cache_dir: Optional[Path] = None) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """Decode ``train/<class>/*.jpg`` and ``test/<class>/*.jpg`` from the tarball once; later calls read the
-    uint8 ``.npz`` cache. Labels follow the sorted class folder names (the canonical CIFAR-10 order)."""
+    uint8 ``.npz`` cache, keyed by the tarball's content. Labels follow the sorted class folder names (the
+    canonical CIFAR-10 order)."""
+    from tqdm.auto import tqdm
     path = Path(path)
-    stat = path.stat()
-    cache = Path(cache_dir or default_cache_dir()) / f'{path.name.split(".")[0]}_{stat.st_size}.npz'
-    if cache.exists():
-        with np.load(cache) as z:
-            return {s: (z[f'{s}_x'], z[f'{s}_y']) for s in ('train', 'test')}
+    keys = ('train_x', 'train_y', 'test_x', 'test_y')
+    cache = Path(cache_dir or default_cache_dir()) / f'{path.name.split(".")[0]}_{_file_digest(path)}.npz'
+    cached = _read_cache(cache, keys)
+    if cached is not None:
+        return {s: (cached[f'{s}_x'], cached[f'{s}_y']) for s in ('train', 'test')}
     from PIL import Image
+    print(f"decoding {path} once into {cache} (about a minute on 2 CPU cores)", file=sys.stderr, flush=True)
     found: Dict[str, List[Tuple[str, str, bytes]]] = {'train': [], 'test': []}
     pattern = re.compile(r'(?:^|/)(train|test)/([^/]+)/([^/]+\.(?:jpe?g|png))$', re.IGNORECASE)
-    with tarfile.open(path) as tar:
-        for member in tar:
-            match = pattern.search(member.name) if member.isfile() else None
-            if match:
-                split, cls, name = match.groups()
-                found[split].append((cls, name, tar.extractfile(member).read()))
+    try:
+        with tarfile.open(path) as tar:
+            for member in tqdm(tar, desc='reading', unit=' files', leave=False):
+                match = pattern.search(member.name) if member.isfile() else None
+                if match:
+                    split, cls, name = match.groups()
+                    found[split].append((cls, name, tar.extractfile(member).read()))
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataError(f"Cannot read {path} ({type(e).__name__}: {e}): the file is truncated or damaged; copy it "
+                        f"again.") from None
     classes = sorted({cls for items in found.values() for cls, _, _ in items})
     if not found['train'] or not found['test']:
         raise DataNotFoundError(f"{path} does not hold train/<class>/*.jpg and test/<class>/*.jpg images.")
     out = {}
-    for split, items in found.items():
-        items.sort(key=lambda t: (t[0], t[1]))
-        x = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert('RGB')) for _, _, b in items])
-        y = np.array([classes.index(cls) for cls, _, _ in items], dtype=np.int64)
-        out[split] = (x, y)
+    with tqdm(total=sum(map(len, found.values())), desc='decoding', unit=' img', leave=False) as bar:
+        for split, items in found.items():
+            items.sort(key=lambda t: (t[0], t[1]))
+            images = []
+            for cls, name, data in items:
+                try:
+                    images.append(np.asarray(Image.open(io.BytesIO(data)).convert('RGB')))
+                except (OSError, ValueError, SyntaxError) as e:
+                    raise DataError(f"Cannot decode {split}/{cls}/{name} in {path} ({type(e).__name__}: {e}): the "
+                                    f"tarball is damaged; copy it again.") from None
+                bar.update(1)
+            out[split] = (np.stack(images), np.array([classes.index(c) for c, _, _ in items], dtype=np.int64))
     _atomic_savez(cache, **{f'{s}_{k}': v for s, (x, y) in out.items() for k, v in (('x', x), ('y', y))})
     return out
 
@@ -287,11 +354,20 @@ def load_image_folder(root: Path) -> Tuple[Dict[str, _FolderImages], Tuple[str, 
     if not classes:
         raise DataNotFoundError(f"No class folders in {train_root}: expected {train_root}/<class>/<image files>.")
     splits = {'train': _FolderImages(_folder_samples(train_root, classes))}
-    test_root = _find([root / 'test', root / 'val']) if train_root != root else None
-    if test_root is not None:
-        splits['test'] = _FolderImages(_folder_samples(test_root, classes))
     if not len(splits['train']):
         raise DataNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {train_root}/<class>/.")
+    empty = sorted(set(classes) - {classes[t] for t in splits['train'].targets})
+    if empty:  # would be a class the model is asked to predict but never sees
+        raise DataError(f"Class folder(s) {', '.join(str(train_root / c) for c in empty)} hold no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder(s).")
+    test_root = _find([root / 'test', root / 'val']) if train_root != root else None
+    if test_root is not None:
+        unknown = sorted(p.name for p in test_root.iterdir() if p.is_dir() and p.name not in classes
+                         and _folder_samples(test_root, [p.name]))
+        if unknown:  # their images would silently drop out of the evaluation
+            raise DataError(f"{test_root} has class folder(s) {', '.join(unknown)} that {train_root} lacks: add "
+                            f"training images for them or move them out of {test_root}.")
+        splits['test'] = _FolderImages(_folder_samples(test_root, classes))
     return splits, classes
 
 
@@ -340,16 +416,17 @@ def load_fashion_mnist(root: Optional[Path] = None) -> Dict[str, Tuple[np.ndarra
 def load_mnist1d(cache_dir: Optional[Path] = None) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """The standard MNIST-1D (4,000 train / 1,000 test sequences of 40 steps), regenerated offline."""
     cache = Path(cache_dir or default_cache_dir()) / 'mnist1d_default.npz'
-    if not cache.exists():
+    arrays = _read_cache(cache, ('train_x', 'train_y', 'test_x', 'test_y'))
+    if arrays is None:
         try:
             from mnist1d.data import get_dataset_args, make_dataset
         except ImportError as e:
             raise DataNotFoundError("MNIST-1D needs the mnist1d package: pip install 'flexconv_zoo[data]'") from e
         d = make_dataset(get_dataset_args())  # never get_dataset(): it downloads first, without a timeout
-        _atomic_savez(cache, train_x=d['x'], train_y=d['y'], test_x=d['x_test'], test_y=d['y_test'])
-    with np.load(cache) as z:
-        return {s: (z[f'{s}_x'].astype(np.float32)[:, None, :], z[f'{s}_y'].astype(np.int64))
-                for s in ('train', 'test')}
+        arrays = dict(train_x=d['x'], train_y=d['y'], test_x=d['x_test'], test_y=d['y_test'])
+        _atomic_savez(cache, **arrays)
+    return {s: (arrays[f'{s}_x'].astype(np.float32)[:, None, :], arrays[f'{s}_y'].astype(np.int64))
+            for s in ('train', 'test')}
 
 
 # ---------------------------------------------------------------------------------------------- Speech Commands
