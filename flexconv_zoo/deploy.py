@@ -138,11 +138,12 @@ def export_and_check(
         source_img_size: Optional[int] = None,
         dynamic: bool = True,
         opset: Optional[int] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
 ) -> Tuple[Path, List[Dict[str, Any]]]:
     """Load ``source`` (see :func:`load_source`), export it for inputs of ``size`` (default: its current
     resolution) to ``output`` (default ``<name>.onnx``) and compare onnxruntime with the PyTorch model (before
     reparameterization) on random inputs of ``size`` and each of ``check_sizes``."""
-    model = load_source(source, model_name=model_name, source_img_size=source_img_size)
+    model = load_source(source, model_name=model_name, source_img_size=source_img_size, model_kwargs=model_kwargs)
     set_resolution(model, size)
     name = Path(source).name if Path(source).exists() else source.replace('hf-hub:', '').replace('/', '_')
     path = export_onnx(model, output or f'{Path(name).stem if name.endswith(".safetensors") else name}.onnx',

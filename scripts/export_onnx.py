@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from flexconv_zoo.evaluation import UserError, run_cli  # noqa: E402
+from flexconv_zoo.evaluation import UserError, parse_model_kwargs, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', default=None, help="architecture of a bare weights file (e.g. flexnet16)")
     p.add_argument('--source-img-size', type=int, default=None,
                    help="resolution a bare weights file was trained at (default 32)")
+    p.add_argument('--model-kwargs', nargs='*', default=None, metavar='KEY=VALUE',
+                   help="architecture arguments of a bare weights file (e.g. widths=8,12 kernel_hidden=8)")
     p.add_argument('--img-size', '--seq-len', dest='size', type=int, default=None,
                    help="deployment resolution (pixels per side / sequence length): the kernels are resampled "
                         "for it before they are frozen (default: the model's own)")
@@ -42,7 +44,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         path, rows = export_and_check(
             args.source, args.output, model_name=args.model, size=args.size, check_sizes=args.check_sizes,
-            source_img_size=args.source_img_size, dynamic=not args.static, opset=args.opset)
+            source_img_size=args.source_img_size, dynamic=not args.static, opset=args.opset,
+            model_kwargs=parse_model_kwargs(args.model_kwargs))
     except (ValueError, ImportError) as e:
         raise UserError(str(e)) from None
     print(f"wrote {path}: onnxruntime vs PyTorch")
