@@ -799,6 +799,13 @@ class _Loop:
         t = torch.tensor(float(value), device=self.acc.device, dtype=torch.float64)
         return self.acc.reduce(t, reduction='sum').item()
 
+    def progress(self, loader, desc: str):
+        """Evaluation passes take minutes on a CPU: a progress bar as in training (none with --no-progress)."""
+        from tqdm.auto import tqdm
+        if not (self.args.progress and self.acc.is_local_main_process):
+            return loader
+        return tqdm(loader, total=len(loader), desc=desc, leave=False, dynamic_ncols=True)
+
     def end_epoch(self, val_loader, test_loader=None) -> None:
         state, acc = self.state, self.acc
         seen = self._reduce(state.seen)
@@ -809,11 +816,11 @@ class _Loop:
             row['img_size'] = state.img_size
         if hasattr(self.unwrapped, 'kernel_sizes'):  # the learned kernel size, averaged over layers
             row['mean_kernel_size'] = float(np.mean([np.mean(k) for k in self.unwrapped.kernel_sizes()]))
-        val = evaluate(self.model, val_loader, accelerator=acc)
+        val = evaluate(self.model, self.progress(val_loader, 'validating'), accelerator=acc)
         row.update(val_loss=val['loss'], val_top1=val['top1'], val_top5=val['top5'])
         candidates = [('model', self.unwrapped, val['top1'])]
         if self.ema is not None:
-            ema_val = evaluate(self.ema.module, val_loader, accelerator=acc)
+            ema_val = evaluate(self.ema.module, self.progress(val_loader, 'validating EMA'), accelerator=acc)
             row.update(ema_val_top1=ema_val['top1'], ema_val_loss=ema_val['loss'])
             candidates.append(('ema', self.ema.module, ema_val['top1']))
         if getattr(self.args, 'track_test', False) and test_loader is not None:
@@ -866,13 +873,13 @@ class _Loop:
     def finish(self, test_loader) -> Dict[str, Any]:
         """Report the test split (final, EMA) and export the final weights in the Hub layout."""
         acc, state = self.acc, self.state
-        test = evaluate(self.model, test_loader, accelerator=acc)
+        test = evaluate(self.model, self.progress(test_loader, 'testing'), accelerator=acc)
         summary = dict(run_dir=str(self.run_dir), stopped=False, global_step=state.global_step,
                        epochs=self.args.epochs, best_epoch=state.best_epoch, best_val_top1=state.best_top1,
                        test=test, final=state.history[-1] if state.history else None)
         summary['rank_weight_digests'] = self.weight_digests()
         if self.ema is not None:
-            summary['ema_test'] = evaluate(self.ema.module, test_loader, accelerator=acc)
+            summary['ema_test'] = evaluate(self.ema.module, self.progress(test_loader, 'testing EMA'), accelerator=acc)
         if acc.is_main_process:
             meta = dict(flexconv_zoo=dict(epochs=self.args.epochs, test_top1=test['top1'],
                                           data=self.splits.name, note="test split reported, never used for selection"))

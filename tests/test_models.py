@@ -329,8 +329,9 @@ def test_integer_and_bool_images_are_a_clear_error(dtype):
         model(torch.ones(2, 3, 16, 16, dtype=dtype))
 
 
-@pytest.mark.parametrize('name,bad', [('flexnet8', 2.5), ('flexnet8', '32'), ('flexnet8', True), ('flexnet8', (16, 2.0)),
-                                      ('flextcn2', 2.5), ('flextcn2', '40'), ('flextcn2', (1, 40.0))])
+@pytest.mark.parametrize('name,bad', [('flexnet8', 2.5), ('flexnet8', '32'), ('flexnet8', True),
+                                      ('flexnet8', (16, 2.0)), ('flextcn2', 2.5), ('flextcn2', '40'),
+                                      ('flextcn2', (1, 40.0))])
 def test_set_input_size_rejects_non_integers_and_changes_nothing(name, bad):
     model = timm.create_model(name, kernel_hidden=8)
     grids = [layer.grid for layer in model.flexconv_layers()]

@@ -322,3 +322,10 @@ def test_resume_loads_no_code_and_falls_back_to_an_intact_checkpoint(damage, ful
     for sub in ('', 'ema/'):  # resumed from step 6: the same weights as the uninterrupted run
         assert _max_diff(_weights(full_run / sub / 'model.safetensors'),
                          _weights(tmp_path / 'part' / sub / 'model.safetensors')) <= 1e-6
+
+
+def test_validation_and_test_passes_show_progress(tiny_data, tmp_path, capsys):
+    argv = [a for a in TINY if a != '--no-progress']
+    train_main([*argv, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'bars'])
+    err = capsys.readouterr().err
+    assert 'validating' in err and 'testing' in err
