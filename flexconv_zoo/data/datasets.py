@@ -275,7 +275,7 @@ def load_cifar10_tarball(path: Path, cache_dir: Optional[Path] = None) -> Dict[s
     if cached is not None:
         return {s: (cached[f'{s}_x'], cached[f'{s}_y']) for s in ('train', 'test')}
     from PIL import Image
-    print(f"decoding {path} once into {cache} (about a minute on 2 CPU cores)", file=sys.stderr, flush=True)
+    print(f"decoding {path} once into {cache} (under a minute)", file=sys.stderr, flush=True)
     found: Dict[str, List[Tuple[str, str, bytes]]] = {'train': [], 'test': []}
     pattern = re.compile(r'(?:^|/)(train|test)/([^/]+)/([^/]+\.(?:jpe?g|png))$', re.IGNORECASE)
     try:
