@@ -329,3 +329,16 @@ def test_validation_and_test_passes_show_progress(tiny_data, tmp_path, capsys):
     train_main([*argv, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'bars'])
     err = capsys.readouterr().err
     assert 'validating' in err and 'testing' in err
+
+
+def test_epoch_line_says_the_alias_free_penalty_is_in_the_train_loss(tiny_data, tmp_path, capsys):
+    train_main([*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'af',
+                '--alias-free'])
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('epoch 1:'))
+    assert 'train loss' in line and '(cross-entropy + alias-free penalty, now ' in line
+
+
+def test_demo_trains_with_the_band_limited_start():
+    demo = (ROOT / 'scripts' / 'demo.sh').read_text()
+    train_cmd = demo[demo.index('python scripts/train.py'):demo.index('python scripts/validate.py')]
+    assert '--alias-free ' in train_cmd and '--alias-free-init' in train_cmd
