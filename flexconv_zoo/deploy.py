@@ -14,7 +14,8 @@ import torch.nn as nn
 from timm.utils import reparameterize_model
 
 __all__ = [
-    'load_source', 'input_shape', 'set_resolution', 'reparameterize', 'export_onnx', 'onnx_max_diff', 'export_and_check',
+    'load_source', 'input_shape', 'set_resolution', 'reparameterize', 'export_onnx', 'onnx_session', 'onnx_max_diff',
+    'export_and_check',
     'format_parity',
 ]
 
@@ -108,12 +109,20 @@ def export_onnx(
     return path
 
 
+def onnx_session(path: Union[str, Path], threads: int = 0):
+    """An onnxruntime CPU session for ``path``; ``threads`` > 0 fixes its intra-op threads (as torch's)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+
+
 def onnx_max_diff(
         path: Union[str, Path], model: nn.Module, shapes: Sequence[Sequence[int]], seed: int = 0,
 ) -> List[Dict[str, Any]]:
     """Largest |onnxruntime - PyTorch| of ``model`` on random inputs of each shape (timing: scripts/benchmark.py)."""
-    import onnxruntime as ort
-    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    session = onnx_session(path)
     name = session.get_inputs()[0].name
     generator = torch.Generator().manual_seed(seed)
     rows = []

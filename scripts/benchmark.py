@@ -18,6 +18,11 @@ Sections (each row: FlexConv time / baseline time, both timed in this process, i
   layers    one FlexConv2d (kernel net + mask + conv) vs nn.Conv2d at the same kernel size, training step.
   dispatch  the automatic FFT/direct choice vs the faster of the two measured here, 2-D kernels 3..33 and
             1-D causal kernels as long as the sequence.
+  deploy    (not in the default set) eval forward of the reparameterized model (``timm.utils.reparameterize_model``:
+            fixed kernels, no kernel nets) vs the same model with its kernel cache and vs ResNet-44, and the
+            reparameterized model in onnxruntime (``torch.onnx.export``, ``pip install ".[onnx]"``) vs in PyTorch,
+            ResNet-44 likewise; initial and trained widths, with the max |difference| of each pair of outputs
+            relative to the largest output.
   channels_last  (not in the default set) the image models of --models and ResNet-44, each in NCHW and in
             channels_last, all four timed interleaved in this process: train step and eval forward, each model's
             channels_last / NCHW time and its ratio to ResNet-44 in the same layout.
@@ -331,6 +336,73 @@ def bench_memory(args, device) -> List[Dict]:
     return rows
 
 
+def bench_deploy(args, device) -> List[Dict]:
+    """Reparameterized eval vs the cached-kernel model and ResNet-44; onnxruntime vs PyTorch (CPU only)."""
+    import copy
+    import tempfile
+    from timm.utils import reparameterize_model
+    from flexconv_zoo.deploy import export_onnx, onnx_session
+    try:
+        import onnxscript  # noqa: F401
+        import onnxruntime  # noqa: F401
+        has_ort = device.type == 'cpu'
+    except ImportError:
+        has_ort = False
+        print("  onnxruntime / onnxscript not installed (pip install '.[onnx]'): no onnxruntime columns", flush=True)
+    threads = torch.get_num_threads()
+    tmp = tempfile.TemporaryDirectory()
+    rows = []
+    x_img = make_input('flexnet', args, device)
+    base = build('resnet44', args, device, None).eval()
+    base_ort = None
+    if has_ort:
+        torch.onnx.export(base.cpu(), (x_img.cpu(),), f'{tmp.name}/resnet44.onnx', dynamo=True, verbose=False)
+        base_ort = onnx_session(f'{tmp.name}/resnet44.onnx', threads)
+    for name in args.models:
+        family = 'flextcn' if name.startswith('flextcn') else 'flexnet'
+        for regime, sigma in (('initial', None), ('trained', TRAINED_SIGMA[family])):
+            x = make_input(name, args, device)
+            model = build(name, args, device, sigma).eval()
+            fixed = reparameterize_model(model)  # a copy
+            sizes = sorted({tuple(s) for s in fixed.kernel_sizes()})
+            fns = {'resnet44': eval_fn(base, x_img, args), 'cached': eval_fn(model, x, args),
+                   'reparam': eval_fn(fixed, x, args)}
+            with torch.inference_mode():
+                y_cached, y_fixed = model(x).float(), fixed(x).float()
+            row = dict(model=name, regime=regime, kernel_sizes=[list(s) for s in sizes],
+                       # relative to the output's scale: untrained nets at trained widths reach logits of 1e6+
+                       reparam_rel_diff=((y_fixed - y_cached).abs().max() / y_cached.abs().max()).item())
+            if has_ort:
+                path = export_onnx(copy.deepcopy(fixed).cpu(), f'{tmp.name}/{name}_{regime}.onnx',
+                                   batch_size=x.shape[0], dynamic=False)
+                sess, x_np = onnx_session(path, threads), x.cpu().numpy()
+                base_np = x_img.cpu().numpy()
+                fns['ort'] = lambda: sess.run(None, {sess.get_inputs()[0].name: x_np})
+                fns['resnet44_ort'] = lambda: base_ort.run(None, {base_ort.get_inputs()[0].name: base_np})
+                y_ort = torch.from_numpy(fns['ort']()[0])
+                row['ort_rel_diff'] = ((y_ort - y_fixed.cpu()).abs().max() / y_fixed.abs().max()).item()
+            t0 = time.perf_counter()
+            res = compare(fns, device, args.rounds + 2)
+            row.update(
+                reparam_s=res['reparam']['min_s'], cached_s=res['cached']['min_s'],
+                resnet44_s=res['resnet44']['min_s'],
+                reparam_vs_cached=round_ratio(res, 'reparam', 'cached'),
+                reparam_vs_resnet44=round_ratio(res, 'reparam', 'resnet44'),
+            )
+            if has_ort:
+                row.update(ort_s=res['ort']['min_s'], ort_vs_reparam=round_ratio(res, 'ort', 'reparam'),
+                           resnet44_ort_s=res['resnet44_ort']['min_s'],
+                           resnet44_ort_vs_torch=round_ratio(res, 'resnet44_ort', 'resnet44'))
+            row['wall_s'] = time.perf_counter() - t0
+            print(f"  {name:10s} {regime:8s} kernels {_fmt_sizes(sizes):18s} reparam {row['reparam_s']:.3f}s = "
+                  f"{row['reparam_vs_cached']:.2f}x cached, {row['reparam_vs_resnet44']:.2f}x ResNet-44"
+                  + (f" | onnxruntime {row['ort_vs_reparam']:.2f}x PyTorch" if has_ort else ''), flush=True)
+            rows.append(row)
+            del model, fixed
+    tmp.cleanup()
+    return rows
+
+
 def bench_channels_last(args, device) -> List[Dict]:
     """Image models and ResNet-44 in NCHW and in channels_last, the four timed interleaved round by round."""
     rows = []
@@ -511,6 +583,18 @@ def print_tables(result: Dict) -> None:
             print(f"ResNet-44 ({r['regime']} rows): train NCHW {_ms(r['resnet44_train_nchw_s'])}, channels_last "
                   f"{_ms(r['resnet44_train_cl_s'])} ({r['resnet44_train_cl_vs_nchw']:.2f}x); eval cl / NCHW "
                   f"{r['resnet44_eval_cl_vs_nchw']:.2f}x")
+    if result.get('deploy'):
+        ort = any('ort_s' in r for r in result['deploy'])
+        _print_table('Deployment: eval forward of the reparameterized model (fixed kernels) vs the model with its '
+                     'kernel cache and vs ResNet-44; onnxruntime vs PyTorch on the same reparameterized model',
+                     ['model', 'regime', 'kernels', 'reparam eval', 'vs cached', 'vs ResNet-44', 'rel. diff']
+                     + (['onnxruntime', 'vs PyTorch', 'ort rel. diff', 'ResNet-44 ort vs PyTorch'] if ort else []),
+                     [[r['model'], r['regime'], _kernels(r), _ms(r['reparam_s'], 1), f"{r['reparam_vs_cached']:.2f}x",
+                       f"{r['reparam_vs_resnet44']:.2f}x", f"{r['reparam_rel_diff']:.1e}"]
+                      + ([_ms(r['ort_s'], 1), f"{r['ort_vs_reparam']:.2f}x", f"{r['ort_rel_diff']:.1e}",
+                          f"{r['resnet44_ort_vs_torch']:.2f}x"] if 'ort_s' in r else []) for r in result['deploy']])
+        r = result['deploy'][0]
+        print(f"ResNet-44 eval {_ms(r['resnet44_s'], 1)}" + (f", onnxruntime {_ms(r['resnet44_ort_s'], 1)}" if ort else ''))
     if result.get('layers'):
         _print_table(f"One layer, training step (batch {result['layers'][0]['batch']}): FlexConv2d vs nn.Conv2d "
                      "of the same kernel size ('>=': nn.Conv2d forward alone, a lower bound)",
@@ -542,7 +626,8 @@ def parse_args(argv=None):
                    help='image networks (FlexNets and every baseline) and their inputs in torch.channels_last')
     p.add_argument('--sections', default='models,memory,layers,dispatch',
                    help="comma-separated subset of models,memory,layers,dispatch (the default) and channels_last "
-                        "(NCHW vs channels_last in one run), e.g. '--sections memory' for the memory table alone")
+                        "(NCHW vs channels_last in one run) and deploy (reparameterized / onnxruntime eval), e.g. "
+                        "'--sections memory' for the memory table alone")
     p.add_argument('--quick', action='store_true', help='flexnet16 only, fewer rounds and dispatch sizes (~1 min)')
     p.add_argument('--full', action='store_true', help='every dispatch size up to 16,000 steps, all rounds')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave the default)')
@@ -583,7 +668,8 @@ def main():
     result = dict(env=env)
     t0 = time.perf_counter()
     for section, fn in (('models', bench_models), ('memory', bench_memory), ('layers', bench_layers),
-                        ('dispatch', bench_dispatch), ('channels_last', bench_channels_last)):
+                        ('dispatch', bench_dispatch), ('channels_last', bench_channels_last),
+                        ('deploy', bench_deploy)):
         if section in args.sections:
             print(f"[{section}]", flush=True)
             result[section] = fn(args, device)

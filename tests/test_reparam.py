@@ -2,6 +2,7 @@
 of its cropped kernel) compute the original function, keep the timm API, save and load, and export
 (torch.export, TorchScript tracing, ONNX checked with onnxruntime)."""
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -198,3 +199,25 @@ def test_export_onnx_script(tmp_path):
     bad = subprocess.run([sys.executable, 'scripts/export_onnx.py', str(tmp_path / 'missing.safetensors')],
                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert bad.returncode == 2 and bad.stderr.strip().startswith('error:') and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_benchmark_deploy_section(tmp_path):
+    """scripts/benchmark.py --sections deploy: complete rows, reparameterized and onnxruntime outputs agree (no
+    timing is asserted)."""
+    pytest.importorskip('onnxscript')
+    pytest.importorskip('onnxruntime')
+    out = tmp_path / 'bench.json'
+    cmd = [sys.executable, 'scripts/benchmark.py', '--threads', '1', '--models', 'flexnet8,flextcn2', '--batch-size',
+           '2', '--img-size', '8', '--seq-len', '32', '--rounds', '1', '--sections', 'deploy', '--json', str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '## Deployment' in proc.stdout
+    rows = json.loads(out.read_text())['deploy']
+    assert [(r['model'], r['regime']) for r in rows] == [
+        (m, g) for m in ('flexnet8', 'flextcn2') for g in ('initial', 'trained')]
+    for r in rows:
+        assert r['reparam_rel_diff'] <= 1e-6 and r['ort_rel_diff'] <= 1e-5, r
+        for key in ('reparam_vs_cached', 'reparam_vs_resnet44', 'ort_vs_reparam', 'resnet44_ort_vs_torch'):
+            assert 0 < r[key] < float('inf'), (key, r)
