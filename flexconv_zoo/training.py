@@ -371,7 +371,11 @@ def _resolve_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     run_dir = Path(args.resume)
     if not (run_dir / 'args.json').is_file() or latest_checkpoint(run_dir) is None:
         raise UserError(f"{run_dir} is not a run folder to resume (it needs args.json and checkpoints/step_*).")
-    saved = json.loads((run_dir / 'args.json').read_text())
+    try:
+        saved = json.loads((run_dir / 'args.json').read_text())
+    except ValueError as e:
+        raise UserError(f"Cannot read {run_dir / 'args.json'} ({e}): restore it from a backup or start a new "
+                        f"run.") from None
     given = {k: v for k, v in vars(args).items() if k in RESUME_OVERRIDES and v != parser.get_default(k)}
     defaults = vars(parser.parse_args([]))  # options added since the run started keep their defaults
     merged = argparse.Namespace(**{**defaults, **saved, **given})

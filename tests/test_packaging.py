@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,6 +33,7 @@ def _collected(*args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow  # two collections of the whole suite
 def test_default_run_is_the_fast_set_and_ci_runs_the_slow_set_too():
     timm_suite = 'tests/test_timm_suite.py::test_timm_model_suite_passes_for_flexconv_models'
     assert timm_suite not in _collected('tests/test_timm_suite.py')  # the README command skips it

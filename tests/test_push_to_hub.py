@@ -31,7 +31,7 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize('case', ['no_token', 'unreachable_hub'])
+@pytest.mark.parametrize('case', ['no_token', pytest.param('unreachable_hub', marks=pytest.mark.slow)])
 def test_upload_failures_are_one_error_line(case, tmp_path):
     folder = shutil.copytree(SOURCE, tmp_path / SOURCE.name)
     env = {} if case == 'no_token' else dict(HF_TOKEN='hf_not_a_real_token',
@@ -44,7 +44,7 @@ def test_upload_failures_are_one_error_line(case, tmp_path):
         assert proc.returncode == 1 and line.startswith(f'error: upload to me/{SOURCE.name} failed')
 
 
-@pytest.mark.parametrize('where', ['folder', 'repo_id'])
+@pytest.mark.parametrize('where', ['folder', pytest.param('repo_id', marks=pytest.mark.slow)])
 def test_a_folder_or_repo_naming_another_architecture_is_refused(where, tmp_path):
     name = 'flexnet16.mnist1d'  # the weights inside are flextcn2's
     folder = shutil.copytree(SOURCE, tmp_path / (name if where == 'folder' else SOURCE.name))

@@ -54,6 +54,7 @@ def _max_diff(a, b) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run(tiny_data, tmp_path):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29517', TRAIN,
            *TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'dist']
@@ -70,6 +71,7 @@ def test_two_process_cpu_run(tiny_data, tmp_path):
     assert _max_diff(_weights(ckpts[0] / 'model.safetensors'), _weights(run / 'model.safetensors')) == 0
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_same_weights(tiny_data, tmp_path):
     common = [*TINY, '--data', str(tiny_data), '--epochs', '3', '--output', str(tmp_path), '--alias-free',
               '--alias-free-init', '--ema', '--ema-decay', '0.9', '--checkpoint-every', '4']
@@ -205,7 +207,7 @@ def _snapshot(folder: Path):
 
 
 @pytest.mark.parametrize('case', ['unknown_model', 'missing_data', 'not_a_run', 'corrupt_checkpoint', 'too_small',
-                                  'existing_run'])
+                                  'existing_run', 'corrupt_args_json'])
 def test_bad_input_is_one_line_error(case, tiny_data, tmp_path, capsys):
     (tmp_path / 'runs' / 'old').mkdir(parents=True)
     (tmp_path / 'runs' / 'old' / 'args.json').write_text('{}')
@@ -218,7 +220,11 @@ def test_bad_input_is_one_line_error(case, tiny_data, tmp_path, capsys):
         'corrupt_checkpoint': [*base, '--initial-checkpoint', str(tmp_path / 'bad.safetensors')],
         'too_small': [*base, '--img-size', '1'],
         'existing_run': [*base, '--name', 'old'],
+        'corrupt_args_json': ['--resume', str(tmp_path / 'runs' / 'damaged')],
     }[case]
+    if case == 'corrupt_args_json':
+        (tmp_path / 'runs' / 'damaged' / 'checkpoints' / 'step_00000001_e0000b000001').mkdir(parents=True)
+        (tmp_path / 'runs' / 'damaged' / 'args.json').write_text('{"model": ')
     before = _snapshot(tmp_path)
     assert run_cli(train_main, argv) != 0
     err = capsys.readouterr().err.strip()
@@ -226,6 +232,7 @@ def test_bad_input_is_one_line_error(case, tiny_data, tmp_path, capsys):
     assert _snapshot(tmp_path) == before  # nothing written or overwritten
 
 
+@pytest.mark.slow
 def test_script_bad_input_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, TRAIN, '--model', 'resnet_nope', '--data', str(tmp_path / 'x'),
                            '--output', str(tmp_path)], env=_env(), capture_output=True, text=True, timeout=120)
@@ -299,7 +306,8 @@ def full_run(tiny_data, tmp_path_factory) -> Path:
     return out / 'full'
 
 
-@pytest.mark.parametrize('damage', ['unsafe_pickle', 'truncated_weights', 'truncated_optimizer'])
+@pytest.mark.parametrize('damage', ['unsafe_pickle', pytest.param('truncated_weights', marks=pytest.mark.slow),
+                                    pytest.param('truncated_optimizer', marks=pytest.mark.slow)])
 def test_resume_loads_no_code_and_falls_back_to_an_intact_checkpoint(damage, full_run, tiny_data, tmp_path, capsys):
     train_main([*TINY, '--data', str(tiny_data), '--epochs', '2', '--output', str(tmp_path), '--name', 'part',
                 '--checkpoint-every', '3', '--ema', '--alias-free', '--stop-after-steps', '7'])
