@@ -13,6 +13,9 @@ import torch
 import torch.nn as nn
 from timm.utils import reparameterize_model
 
+from .layers import FlexConvNd
+from .layers.fftconv import choose_conv_method
+
 __all__ = [
     'load_source', 'input_shape', 'set_resolution', 'reparameterize', 'export_onnx', 'onnx_session', 'onnx_max_diff',
     'export_and_check',
@@ -83,18 +86,29 @@ def export_onnx(
         batch_size: int = 1,
         dynamic: bool = True,
         opset: Optional[int] = None,
+        fft: bool = False,
 ) -> Path:
     """Reparameterize ``model`` (resampled for ``size`` first) and write it to ``path`` with ``torch.onnx.export``.
 
     ``dynamic`` makes the batch and spatial/temporal sizes symbolic: like any CNN the exported model accepts
-    other input sizes with the kernels of ``size``. The FFT path has no ONNX form (complex matmul): the
-    reparameterized layers export as ONNX ``Conv`` ops, which compute the same function.
+    other input sizes with the kernels of ``size``. The FFT path has no ONNX form (complex matmul): by default the
+    reparameterized layers export as ONNX ``Conv`` ops (quick to export, slow in onnxruntime for large kernels);
+    ``fft=True`` exports the layers the FFT dispatch table sends to the FFT as real DFT matmuls
+    (:func:`flexconv_zoo.layers.dftconv.conv_dft_matmul`): the same function, much faster to run, but each such
+    layer adds seconds to the export, and it needs ``dynamic`` (fixed sizes would fold every kernel spectrum into
+    the file).
     """
+    if fft and not dynamic:
+        raise ValueError("fft=True needs dynamic=True: a fixed-size export would store every kernel spectrum.")
     try:
         import onnxscript  # noqa: F401  (torch.onnx.export's exporter needs it)
     except ImportError:
         raise ImportError("ONNX export needs the onnx extra: pip install 'flexconv_zoo[onnx]'.") from None
     deployed = reparameterize(model, size)
+    for layer in deployed.modules():
+        if isinstance(layer, FlexConvNd):
+            ks = layer.weight.shape[2:]
+            layer.conv_method = 'fft' if fft and choose_conv_method(ks, 'cpu') == 'fft' else 'direct'
     x = torch.randn(input_shape(deployed, batch_size, size))
     dims = {0: torch.export.Dim('batch', min=1)}
     if dynamic:
@@ -148,6 +162,7 @@ def export_and_check(
         dynamic: bool = True,
         opset: Optional[int] = None,
         model_kwargs: Optional[Dict[str, Any]] = None,
+        fft: bool = False,
 ) -> Tuple[Path, List[Dict[str, Any]]]:
     """Load ``source`` (see :func:`load_source`), export it for inputs of ``size`` (default: its current
     resolution) to ``output`` (default ``<name>.onnx``) and compare onnxruntime with the PyTorch model (before
@@ -156,7 +171,7 @@ def export_and_check(
     set_resolution(model, size)
     name = Path(source).name if Path(source).exists() else source.replace('hf-hub:', '').replace('/', '_')
     path = export_onnx(model, output or f'{Path(name).stem if name.endswith(".safetensors") else name}.onnx',
-                       dynamic=dynamic, opset=opset)
+                       dynamic=dynamic, opset=opset, fft=fft)
     shapes = [input_shape(model, 2)]
     shapes += [input_shape(model, 2, s) for s in check_sizes if dynamic]
     return path, onnx_max_diff(path, model, shapes)

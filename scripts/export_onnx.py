@@ -3,7 +3,7 @@
 
     python scripts/export_onnx.py flexnet16.cifar10                               # a pretrained tag
     python scripts/export_onnx.py flexnet16.cifar10_16px_alias_free --img-size 32 --check-sizes 24 48
-    python scripts/export_onnx.py runs/<run> --output model.onnx                   # a run or Hub-layout folder
+    python scripts/export_onnx.py runs/<run> --output model.onnx --fft             # a run folder; wide kernels as DFTs
     python scripts/export_onnx.py weights.safetensors --model flexnet16 --source-img-size 32
 
 Needs the onnx extra: ``pip install ".[onnx]"``.
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--check-sizes', type=int, nargs='*', default=(),
                    help="further input sizes at which onnxruntime is compared with PyTorch")
     p.add_argument('--static', action='store_true', help="fixed input size (default: symbolic batch and size)")
+    p.add_argument('--fft', action='store_true',
+                   help="export large kernels (>= 9 taps in 2-D, >= 256 in 1-D) as DFT matmuls instead of Conv ops: "
+                        "the same function, far faster in onnxruntime for wide kernels, slower to export")
     p.add_argument('--opset', type=int, default=None, help="ONNX opset (default: the exporter's)")
     return p
 
@@ -45,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         path, rows = export_and_check(
             args.source, args.output, model_name=args.model, size=args.size, check_sizes=args.check_sizes,
             source_img_size=args.source_img_size, dynamic=not args.static, opset=args.opset,
-            model_kwargs=parse_model_kwargs(args.model_kwargs))
+            model_kwargs=parse_model_kwargs(args.model_kwargs), fft=args.fft)
     except (ValueError, ImportError) as e:
         raise UserError(str(e)) from None
     print(f"wrote {path}: onnxruntime vs PyTorch")

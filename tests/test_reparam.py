@@ -17,6 +17,8 @@ from timm.utils import reparameterize_model
 import flexconv_zoo  # noqa: F401  (registers the models)
 from flexconv_zoo import deploy
 from flexconv_zoo.layers import FlexConv1d, FlexConv2d
+from flexconv_zoo.layers.dftconv import conv_dft_matmul
+from flexconv_zoo.layers.fftconv import conv_direct
 
 ROOT = Path(__file__).resolve().parents[1]
 _CACHE = {}
@@ -180,6 +182,39 @@ def test_onnx_export_matches_pytorch(one_thread, tmp_path, tag, size, check_size
     for r in rows:
         assert r['max_abs_diff'] <= 1e-4, r
         assert r['max_abs_output'] > 0.1  # real logits, not an all-zero comparison
+
+
+@pytest.mark.parametrize('x_shape,w_shape,causal', [
+    ((2, 3, 32, 32), (4, 3, 33, 33), False),  # "same", kernel as large as the grid
+    ((2, 3, 20, 24), (4, 3, 9, 7), False),  # non-square input and kernel
+    ((1, 2, 6, 5), (3, 2, 17, 17), False),  # kernel larger than the input
+    ((2, 3, 50), (4, 3, 50), True),  # causal, kernel = sequence
+    ((2, 3, 40), (4, 3, 9), False),
+])
+def test_dft_matmul_conv_equals_direct_conv(x_shape, w_shape, causal):
+    x, w, b = torch.randn(x_shape), torch.randn(w_shape), torch.randn(w_shape[0])
+    expected = conv_direct(x, w, b, causal=causal)
+    got = conv_dft_matmul(x, w, b, causal=causal)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+
+
+@pytest.mark.slow
+def test_onnx_export_with_dft_matmuls(one_thread, tmp_path):
+    pytest.importorskip('onnxscript')
+    pytest.importorskip('onnxruntime')
+    model = timm.create_model('flexnet8', widths=(8,), kernel_hidden=8, img_size=16).eval()
+    model.set_mask_width(0.3)  # 11x11 kernels on the 17-point grid: over the FFT threshold
+    model.stem.conv.mask.sigma.data.fill_(0.05)  # one small kernel stays a Conv op
+    path = deploy.export_onnx(model, tmp_path / 'dft.onnx', fft=True)
+    import onnx
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert 'Conv' in ops and 'MatMul' in ops and 'Cos' in ops  # both kinds of layer are in the graph
+    rows = deploy.onnx_max_diff(path, model, [(2, 3, 16, 16), (1, 3, 24, 20)])
+    for r in rows:
+        assert r['max_abs_diff'] <= 1e-4 * max(1.0, r['max_abs_output']), r
+    with pytest.raises(ValueError, match='dynamic'):
+        deploy.export_onnx(model, tmp_path / 'x.onnx', fft=True, dynamic=False)
 
 
 @pytest.mark.slow

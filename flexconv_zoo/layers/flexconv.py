@@ -35,6 +35,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .dftconv import conv_dft_matmul
 from .fftconv import CONV_METHODS, _direct, _padding, conv_nd
 from .kernelnet import create_kernel_net
 from .mask import GaussianMask
@@ -54,8 +55,14 @@ def _clear_cache_after_load(module: nn.Module, incompatible_keys: Any) -> None:
     module.clear_kernel_cache()
 
 
-def _conv_direct_untrimmed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], causal: bool):
-    """``conv_direct`` without dropping the taps that only meet padding (exact, shape-independent graph)."""
+def _conv_for_export(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], causal: bool,
+                     method: str) -> torch.Tensor:
+    """The convolution of a reparameterized layer in an exported graph (ONNX, TorchScript trace): a padded direct
+    conv, or with ``conv_method='fft'`` the FFT path as real DFT matmuls (much faster in onnxruntime for large
+    kernels, but each such layer adds seconds to the export; see ``flexconv_zoo.deploy.export_onnx(fft=True)``)."""
+    if method == 'fft':
+        return conv_dft_matmul(x, weight, bias, causal=causal)
+    # without conv_nd's input-size-dependent tap trimming: the graph keeps symbolic sizes
     return _direct(x, weight, bias, _padding(weight.shape[2:], causal))
 
 
@@ -455,10 +462,8 @@ class FlexConvNd(nn.Module):
             weight = weight.to(x.dtype)
             bias = bias.to(x.dtype) if bias is not None else None
         if self.is_reparameterized and (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()):
-            # ONNX has no complex matmul for the FFT path (nor TorchScript tracing a host-side FFT length); a plain
-            # padded Conv is the same function, and without conv_nd's size-dependent tap trimming the graph
-            # keeps symbolic input sizes.
-            return _conv_direct_untrimmed(x, weight, bias, causal=self.causal)
+            # ONNX has no complex matmul (nor can a trace keep the FFT path's host-side lengths)
+            return _conv_for_export(x, weight, bias, self.causal, self.conv_method)
         return conv_nd(x, weight, bias, causal=self.causal, method=self.conv_method)
 
     # ------------------------------------------------------------------ regularisation
