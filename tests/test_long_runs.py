@@ -176,12 +176,12 @@ def test_sigterm_checkpoints_and_stops_then_resume_finishes(tiny_cifar, tmp_path
     proc = subprocess.Popen([sys.executable, str(root / 'scripts' / 'train.py'), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / 'run' / 'metrics.json'
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not metrics.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)  # one epoch done: the run is in its loop
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     assert 'received SIGTERM' in err and 'continue with --resume' in out
     assert not (tmp_path / 'run' / 'model.safetensors').exists()  # stopped, not finished
@@ -190,3 +190,24 @@ def test_sigterm_checkpoints_and_stops_then_resume_finishes(tiny_cifar, tmp_path
     assert step >= 3  # at least one epoch of 3 steps (24 training images / batch 8)
     resumed = train_main(['--resume', str(tmp_path / 'run'), '--stop-after-steps', str(step + 2)])
     assert resumed['stopped'] and resumed['global_step'] == step + 2  # continued from the SIGTERM checkpoint
+
+
+def test_campaign_report_table_and_calendar(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'args.json').write_text(json.dumps(dict(model='flexnet8', data='cifar10', epochs=4,
+                                                   img_size_schedule=['8:0', '16:0.5'])))
+    rows = [dict(epoch=e, img_size=8, lr=0.01, train_loss=1.0, val_top1=50.0 + e, epoch_seconds=60.0 * e,
+                 train_images_per_s=100.0, mean_kernel_size=3.0) for e in (1, 2)]
+    (run / 'metrics.json').write_text(json.dumps(rows))
+    script = [sys.executable, str(root / 'scripts' / 'campaign_report.py'), str(run)]
+    out = subprocess.run(script, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert '| 2 | 8 | 1.00e-02 | 1.000 | 52.00 | - |' in out and '2 of 4 epochs done in 0.1 h' in out
+    assert 'No epoch measured yet at 16 px' in out
+    out = subprocess.run([*script, '--epoch-minutes', '16=9', '--plot', str(tmp_path / 'c.png')],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert 'Left: 2 at 16 px (9.0 min each) = 0.3 h' in out
+    assert (tmp_path / 'c.png').read_bytes()[:4] == b'\x89PNG'
+    missing = subprocess.run([*script[:2], str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and 'args.json is missing' in missing.stderr
