@@ -5,6 +5,7 @@
 #   bash scripts/campaign.sh stop      # SIGTERM: checkpoint after the current step, then exit
 #   bash scripts/campaign.sh save      # copy the newest resume state + metrics into runs/<run>/ (to commit)
 #   bash scripts/campaign.sh status    # process, epochs done, newest checkpoint
+#   CAMPAIGN_THREADS=1 bash scripts/campaign.sh start   # while other jobs share the cores
 #
 # The run folder lives outside the work tree ($CAMPAIGN_DIR, default /work/campaign) and runs a snapshot of the
 # committed code (git archive HEAD), so edits in the work tree never reach a running job.
@@ -14,6 +15,9 @@ DIR="${CAMPAIGN_DIR:-/work/campaign}"
 RUN="${CAMPAIGN_RUN:-flexnet16-cifar10}"
 DATA_DIR="${CAMPAIGN_DATA_DIR:-$REPO/../shared/data}"
 NICE="${CAMPAIGN_NICE:--5}"  # ahead of interactive work on the shared cores
+# Intra-op threads: all cores on a quiet machine; 1 while other jobs share the cores (OpenMP threads that wait
+# for a descheduled sibling burn the time they would have saved).
+THREADS="${CAMPAIGN_THREADS:-$(nproc)}"
 mkdir -p "$DIR"
 
 running() { [ -f "$DIR/train.pid" ] && kill -0 "$(cat "$DIR/train.pid")" 2>/dev/null; }
@@ -35,7 +39,7 @@ case "${1:-start}" in
         --batch-augment --ema --ema-decay 0.9995 --smoothing 0.1 --track-test --checkpoint-every 400 \
         --keep-checkpoints 2 --output . --name "$RUN" --no-progress
     fi
-    PYTHONPATH="$DIR/code" nohup nice -n "$NICE" python code/scripts/train.py "$@" >> "$RUN.log" 2>&1 &
+    OMP_NUM_THREADS="$THREADS" PYTHONPATH="$DIR/code" nohup nice -n "$NICE" python code/scripts/train.py "$@" >> "$RUN.log" 2>&1 &
     echo $! > train.pid
     echo "training (pid $!): log $DIR/$RUN.log"
     ;;
