@@ -83,7 +83,7 @@ def export_onnx(
         model: nn.Module,
         path: Union[str, Path],
         size: Optional[int] = None,
-        batch_size: int = 1,
+        batch_size: int = 2,  # not 1: torch.export may specialise a size-1 dimension
         dynamic: bool = True,
         opset: Optional[int] = None,
         fft: bool = False,

@@ -308,10 +308,14 @@ def _plot_frequency(plt, stats: Dict[int, List[LayerStats]], unit: str, title: s
     ratios = [r.frequency_bound / r.nyquist for rows in stats.values() for r in rows]
     if all(math.isfinite(v) and v > 0 for v in ratios) and max(ratios) > 20 * min(ratios):
         axes[1].set_yscale('log')  # untrained / penalty-free kernels reach 10-100x the limit
+    elif ratios and all(math.isfinite(v) for v in ratios):
+        axes[1].set_ylim(0, 1.3 * max(max(ratios), 1.0))  # room for the legend above the bars
     for ax in axes:
         ax.set_xticks(x, [short_name(r.name) for r in first], rotation=60, ha='right', fontsize=8)
         ax.grid(axis='y', alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, ncol=2, loc='upper right')
+    top = max(100 * r.energy_above_nyquist for rows in stats.values() for r in rows)
+    axes[0].set_ylim(0, 1.3 * top if top > 0 else 1.0)
     fig.suptitle(f'{title}: frequency content vs the Nyquist limit of each resolution')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
