@@ -789,7 +789,9 @@ class _Loop:
         if not hasattr(self, '_masks'):
             names = set(getattr(self.unwrapped, 'mask_parameter_names', list)())
             self._masks = [p for n, p in self.unwrapped.named_parameters() if n in names]
-        bad = not math.isfinite(loss_value) or not all(bool(torch.isfinite(p).all()) for p in self._masks)
+        # one host sync for all mask parameters (the loss value is already on the host)
+        bad = not math.isfinite(loss_value) or (bool(self._masks) and not bool(
+            torch.isfinite(torch.cat([p.detach().reshape(-1) for p in self._masks])).all()))
         if self.acc.num_processes > 1:
             bad = self._reduce(float(bad)) > 0
         if bad:
