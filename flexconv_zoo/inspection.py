@@ -349,7 +349,8 @@ def inspect_model(
     chosen = list(layers) if layers else default_layers(len(named))
     bad = [i for i in chosen if not -len(named) <= i < len(named)]
     if bad:
-        raise ValueError(f"Layer indices {bad} out of range: the model has {len(named)} FlexConv layers (0-{len(named) - 1}).")
+        raise ValueError(
+            f"Layer indices {bad} out of range: the model has {len(named)} FlexConv layers (0-{len(named) - 1}).")
     chosen = [i % len(named) for i in chosen]
     unit = 'steps' if hasattr(model, 'seq_len') else 'px'
     title = title or type(model).__name__

@@ -18,7 +18,8 @@ import torch
 __all__ = ['conv_dft_matmul']
 
 
-def _dft(length: int, points: int, like: torch.Tensor, sign: float, offset: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def _dft(length: int, points: int, like: torch.Tensor, sign: float,
+         offset: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Real and imaginary parts of ``exp(sign * 2 pi i f (t + offset) / length)``, shape ``(length, points)``."""
     f = torch.arange(length, device=like.device, dtype=like.dtype)
     t = torch.arange(points, device=like.device, dtype=like.dtype) + offset
