@@ -340,11 +340,21 @@ def _mnist1d_cfg(name: str, sha256: str) -> Dict[str, Any]:
                 label_names=tuple(str(digit) for digit in range(10)))
 
 
+def _japanese_vowels_cfg(name: str, sha256: str) -> Dict[str, Any]:
+    # UEA JapaneseVowels (Kudo et al. 1999): 9 speakers (labels '1'-'9'), 12 LPC cepstrum channels, utterances of
+    # 7-29 steps end-aligned in 29 (flexconv_zoo.data.datasets.load_japanese_vowels; the files ship with the package).
+    return _cfg(**hub_weights(f'{name}.japanese_vowels', sha256), num_classes=9, input_size=(12, 1, 29),
+                pool_size=(1, 29), mean=(0.0,) * 12, std=(1.0,) * 12,
+                label_names=tuple(str(speaker) for speaker in range(1, 10)))
+
+
 # Published tags: the shipped copy is the source (no network), hf_hub_id once published, sha256 of the bytes.
 default_cfgs = generate_default_cfgs({
     'flextcn2.mnist1d': _mnist1d_cfg('flextcn2', 'd594d66d9bca432f2b9de54598320a46b180ae0bc092387aa3699c88188a1204'),
     'flextcn4.mnist1d': _mnist1d_cfg('flextcn4', '8e104d7fc80d13538fbdb0d79362225e23f19c012802d061a2c9ac2fa5659d37'),
     'flextcn6.mnist1d': _mnist1d_cfg('flextcn6', '0e3c992f97b39532100c8a42a28f231b42e29a67e35306ccd28b6ff0417540c5'),
+    'flextcn4.japanese_vowels': _japanese_vowels_cfg(
+        'flextcn4', 'e38ac1ece3a8fde790cd3547e26703a29a6265c5c090123a1109f72af9da8da9'),
     'flextcn2.untrained': _cfg(),
     'flextcn4.untrained': _cfg(),
     'flextcn6.untrained': _cfg(),
