@@ -636,7 +636,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     if args.resume:
         _resume(accelerator, run_dir, custom_objects)
-        accelerator.print(f"resumed {run_dir} at epoch {state.epoch}, step {state.global_step}")
+        accelerator.print(f"resumed {run_dir} after step {state.global_step}: epoch {state.epoch + 1}, batch "
+                          f"{state.batch_in_epoch} done")
     elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / 'args.json', json.dumps(vars(args), indent=2))
