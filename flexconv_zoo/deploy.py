@@ -17,10 +17,28 @@ from .layers import FlexConvNd
 from .layers.fftconv import choose_conv_method
 
 __all__ = [
-    'load_source', 'input_shape', 'set_resolution', 'reparameterize', 'export_onnx', 'onnx_session', 'onnx_max_diff',
+    'add_source_arguments', 'load_source_from_args', 'load_source', 'input_shape', 'set_resolution', 'reparameterize', 'export_onnx', 'onnx_session', 'onnx_max_diff',
     'export_and_check',
     'format_parity',
 ]
+
+
+def add_source_arguments(parser) -> None:
+    """The command-line arguments that name a model for :func:`load_source_from_args` (export, inspection)."""
+    parser.add_argument('source', help="pretrained tag (flexnet16.cifar10), hf-hub:<org>/<name>, run folder, "
+                                       "Hub-layout folder or weights file")
+    parser.add_argument('--model', default=None, help="architecture of a bare weights file (e.g. flexnet16)")
+    parser.add_argument('--source-img-size', type=int, default=None,
+                        help="resolution a bare weights file was trained at (default 32)")
+    parser.add_argument('--model-kwargs', nargs='*', default=None, metavar='KEY=VALUE',
+                        help="architecture arguments of a bare weights file (e.g. widths=8,12 kernel_hidden=8)")
+
+
+def load_source_from_args(args) -> nn.Module:
+    """:func:`load_source` with the arguments of :func:`add_source_arguments`."""
+    from .evaluation import parse_model_kwargs
+    return load_source(args.source, model_name=args.model, source_img_size=args.source_img_size,
+                       model_kwargs=parse_model_kwargs(args.model_kwargs))
 
 
 def load_source(

@@ -15,18 +15,13 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from flexconv_zoo.deploy import add_source_arguments  # noqa: E402
 from flexconv_zoo.evaluation import UserError, parse_model_kwargs, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('source', help="pretrained tag (flexnet16.cifar10), hf-hub:<org>/<name>, run folder, Hub-layout "
-                                  "folder or weights file")
-    p.add_argument('--model', default=None, help="architecture of a bare weights file (e.g. flexnet16)")
-    p.add_argument('--source-img-size', type=int, default=None,
-                   help="resolution a bare weights file was trained at (default 32)")
-    p.add_argument('--model-kwargs', nargs='*', default=None, metavar='KEY=VALUE',
-                   help="architecture arguments of a bare weights file (e.g. widths=8,12 kernel_hidden=8)")
+    add_source_arguments(p)
     p.add_argument('--img-size', '--seq-len', dest='size', type=int, default=None,
                    help="deployment resolution (pixels per side / sequence length): the kernels are resampled "
                         "for it before they are frozen (default: the model's own)")

@@ -13,18 +13,13 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from flexconv_zoo.evaluation import UserError, parse_model_kwargs, run_cli  # noqa: E402
+from flexconv_zoo.deploy import add_source_arguments  # noqa: E402
+from flexconv_zoo.evaluation import UserError, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('source', help="pretrained tag (flexnet16.cifar10), hf-hub:<org>/<name>, run folder, Hub-layout "
-                                  "folder or weights file")
-    p.add_argument('--model', default=None, help="architecture of a bare weights file (e.g. flexnet16)")
-    p.add_argument('--source-img-size', type=int, default=None,
-                   help="resolution a bare weights file was trained at (default 32)")
-    p.add_argument('--model-kwargs', nargs='*', default=None, metavar='KEY=VALUE',
-                   help="architecture arguments of a bare weights file (e.g. widths=8,12 kernel_hidden=8)")
+    add_source_arguments(p)
     p.add_argument('--sizes', type=int, nargs=2, default=None, metavar=('A', 'B'),
                    help="two resolutions to compare (pixels / steps; default: the model's current one and twice it)")
     p.add_argument('--layers', type=int, nargs='+', default=None,
@@ -36,12 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
-    from flexconv_zoo.deploy import load_source
+    from flexconv_zoo.deploy import load_source_from_args
     from flexconv_zoo.inspection import inspect_model
     name = Path(args.source.rstrip('/')).name.replace('hf-hub:', '')
     try:
-        model = load_source(args.source, model_name=args.model, source_img_size=args.source_img_size,
-                            model_kwargs=parse_model_kwargs(args.model_kwargs))
+        model = load_source_from_args(args)
         result = inspect_model(model, Path(args.out_dir or f'inspect-{name}'), sizes=args.sizes, layers=args.layers,
                                title=args.title or name)
     except (ValueError, ImportError) as e:

@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,3 +23,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_image_folder(root: Path, size: int, splits=(('train', 24), ('test', 8)), classes: int = 3) -> Path:
+    """An ImageFolder tree ``root/{train,test}/class<c>/<i>.png`` of ``size`` px images, each class with its own
+    dominant colour channel (so a tiny model learns something in a few steps)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in splits:
+        for c in range(classes):
+            folder = root / split / f'class{c}'
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+                img[..., c % 3] += 150
+                Image.fromarray(img).save(folder / f'{i}.png')
+    return root

@@ -8,15 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 from timm.utils import reparameterize_model
 
 import flexconv_zoo  # noqa: F401  (registers the models)
+from conftest import write_image_folder
 from flexconv_zoo.inspection import inspect_model, layer_stats
 from flexconv_zoo.plots import plot_training_curves, update_training_plot
 from flexconv_zoo.training import train_main
@@ -120,17 +119,7 @@ def test_training_curve_plot(tmp_path):
 
 @pytest.fixture(scope='module')
 def tiny_images(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('tiny')
-    rng = np.random.default_rng(0)
-    for split, n in (('train', 24), ('test', 8)):
-        for c in range(3):
-            folder = root / split / f'class{c}'
-            folder.mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
-                img[..., c] += 150
-                Image.fromarray(img).save(folder / f'{i}.png')
-    return root
+    return write_image_folder(tmp_path_factory.mktemp('tiny'), 16)
 
 
 def test_train_redraws_the_curves_every_epoch_and_the_run_folder_inspects(one_thread, tiny_images, tmp_path):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 import flexconv_zoo  # noqa: F401  (registers the models)
+from conftest import write_image_folder
 from flexconv_zoo.evaluation import run_cli
 from flexconv_zoo.training import param_groups, rebase_input_size, train_main
 
@@ -28,17 +28,7 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 @pytest.fixture(scope='module')
 def tiny_data(tmp_path_factory) -> Path:
     """3 classes of 20x20 images (not the 16 px training size): 24 train + 8 test images per class."""
-    root = tmp_path_factory.mktemp('tiny')
-    rng = np.random.default_rng(0)
-    for split, n in (('train', 24), ('test', 8)):
-        for c in range(3):
-            folder = root / split / f'class{c}'
-            folder.mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (20, 20, 3), dtype=np.uint8)
-                img[..., c] += 150
-                Image.fromarray(img).save(folder / f'{i}.png')
-    return root
+    return write_image_folder(tmp_path_factory.mktemp('tiny'), 20)
 
 
 def _env():

@@ -25,7 +25,7 @@ from timm.models._features import feature_take_indices
 
 from ..layers import FlexConv1d
 from ..layers.resolution import check_size
-from ..loading import HUB_ORG, build_flexconv_model, hub_weights  # noqa: F401 (HUB_ORG for new tags)
+from ..loading import build_flexconv_model, hub_weights
 from ._base import FlexConvModelMixin, as_sequence, pretrained_input_size, resample_to, sync_cfg_input_size, restore_layout
 from ._checkpoint import checkpoint_filter_fn
 
