@@ -338,3 +338,13 @@ def test_set_input_size_rejects_non_integers_and_changes_nothing(name, bad):
     assert [layer.grid for layer in model.flexconv_layers()] == grids and model.pretrained_cfg == cfg
     with pytest.raises(TypeError, match='must be an int'):
         next(model.flexconv_layers()).set_input_size(bad)
+
+
+@pytest.mark.parametrize('name, kwargs, channels', [
+    ('flextcn4.japanese_vowels', {}, 12), ('flextcn4.japanese_vowels', dict(in_chans=3), 3),
+    ('flexnet16.cifar10', dict(in_chans=1), 1), ('flextcn2.mnist1d', {}, 1),
+])
+def test_cfg_input_size_has_the_models_channels(name, kwargs, channels):
+    # the channel count may come from the tag's cfg (12 for JapaneseVowels) or from the caller
+    model = timm.create_model(name, **kwargs)
+    assert model.in_chans == channels == model.pretrained_cfg['input_size'][0] == model.default_cfg['input_size'][0]

@@ -316,7 +316,7 @@ def test_resume_loads_no_code_and_falls_back_to_an_intact_checkpoint(damage, ful
     resumed = train_main(['--resume', str(tmp_path / 'part'), '--no-progress'])
     assert not marker.exists()
     out = capsys.readouterr().out
-    assert f'warning: checkpoint {folders[-1]} cannot be restored' in out and 'at epoch 0, step 6' in out, out
+    assert f'warning: checkpoint {folders[-1]} cannot be restored' in out and 'after step 6: epoch 1' in out, out
     assert resumed['global_step'] == 16
     for sub in ('', 'ema/'):  # resumed from step 6: the same weights as the uninterrupted run
         assert _max_diff(_weights(full_run / sub / 'model.safetensors'),

@@ -277,8 +277,8 @@ def _create_flexnet(variant: str, pretrained: bool = False, **kwargs: Any) -> Fl
     )
     if trained is not None and run_size is not None and to_2tuple(run_size) != tuple(trained[-2:]):
         resample_to(model, to_2tuple(run_size))
-    in_chans = kwargs.get('in_chans', 3)
-    sync_cfg_input_size(model, (in_chans, *to_2tuple(run_size if run_size is not None else kwargs['img_size'])))
+    size = to_2tuple(run_size if run_size is not None else kwargs['img_size'])
+    sync_cfg_input_size(model, (model.in_chans, *size))  # in_chans may come from the tag's cfg
     return model
 
 

@@ -318,7 +318,7 @@ def _create_flextcn(variant: str, pretrained: bool = False, **kwargs: Any) -> Fl
     if trained is not None and run_len is not None and FlexTCN._length(run_len) != trained[-1]:
         resample_to(model, FlexTCN._length(run_len))
     length = FlexTCN._length(run_len if run_len is not None else kwargs['seq_len'])
-    sync_cfg_input_size(model, (kwargs.get('in_chans', 1), 1, length))
+    sync_cfg_input_size(model, (model.in_chans, 1, length))  # in_chans may come from the tag's cfg
     return model
 
 
