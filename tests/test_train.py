@@ -256,16 +256,25 @@ def test_unwritable_output_is_an_error_before_training(tiny_data, tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file']
 
 
-@pytest.mark.skipif(os.name != 'posix' or os.geteuid() == 0, reason="root writes into read-only folders")
+def _make_read_only(folder: Path):
+    """Read-only for this process: chmod for a user; root ignores modes, so the immutable flag (ext4/xfs)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return lambda: folder.chmod(0o755)
+    if subprocess.run(['chattr', '+i', str(folder)], capture_output=True).returncode != 0:
+        pytest.fail(f"cannot make {folder} read-only for root (chattr +i failed): run on ext4/xfs")
+    return lambda: subprocess.run(['chattr', '-i', str(folder)], check=True)
+
+
 def test_read_only_run_folder_is_an_error_before_resuming(tiny_data, tmp_path, capsys):
     train_main([*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'ro',
                 '--stop-after-steps', '2'])
     ckpts = tmp_path / 'ro' / 'checkpoints'
-    ckpts.chmod(0o555)
+    restore = _make_read_only(ckpts)
     try:
         assert run_cli(train_main, ['--resume', str(tmp_path / 'ro'), '--no-progress']) == 2
     finally:
-        ckpts.chmod(0o755)
+        restore()
     assert capsys.readouterr().err.strip().startswith('error: --resume ')
 
 
