@@ -41,7 +41,8 @@ __all__ = ['build_train_parser', 'train_main', 'latest_checkpoint', 'checkpoint_
 
 # Options a resumed run may change; everything else comes from the run's args.json.
 RESUME_OVERRIDES = ('stop_after_steps', 'workers', 'progress', 'checkpoint_every', 'keep_checkpoints',
-                    'mixed_precision', 'cpu', 'data_dir', 'track_test')  # data_dir: the same files on another machine
+                    'mixed_precision', 'cpu', 'data_dir', 'track_test', 'channels_last')
+# data_dir: the same files on another machine; channels_last: a memory layout, the same function (a speed choice)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

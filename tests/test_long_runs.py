@@ -188,8 +188,10 @@ def test_sigterm_checkpoints_and_stops_then_resume_finishes(tiny_cifar, tmp_path
     newest = sorted((tmp_path / 'run' / 'checkpoints').glob('step_*'))[-1]
     step = int(newest.name.split('_')[1])
     assert step >= 3  # at least one epoch of 3 steps (24 training images / batch 8)
-    resumed = train_main(['--resume', str(tmp_path / 'run'), '--stop-after-steps', str(step + 2)])
+    # a resume may switch the memory layout (a speed choice: same function)
+    resumed = train_main(['--resume', str(tmp_path / 'run'), '--stop-after-steps', str(step + 2), '--channels-last'])
     assert resumed['stopped'] and resumed['global_step'] == step + 2  # continued from the SIGTERM checkpoint
+    assert json.loads((tmp_path / 'run' / 'args.json').read_text())['channels_last'] is False  # the run's own record
 
 
 def test_campaign_report_table_and_calendar(tmp_path):
