@@ -2,6 +2,7 @@
 lagged/bucketed crops == exact crops, autotuned dispatch, bf16 autocast, torch.compile, channels_last == NCHW.
 No timing asserts."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -464,3 +465,16 @@ def test_torch_compile_matches_eager():
         compiled = torch.compile(copy.deepcopy(model))
         out = compiled(x)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_large_cpu_fft_convolution_is_announced_once(monkeypatch):
+    from flexconv_zoo.layers import fftconv
+    monkeypatch.setattr(fftconv, 'LARGE_SPECTRUM_BYTES', 100_000)
+    monkeypatch.setattr(fftconv, '_announced_shapes', set())
+    x, w = torch.randn(1, 4, 40, 40), torch.randn(4, 4, 9, 9)
+    with pytest.warns(UserWarning, match=r'FFT convolution of a \(4, 4, 9, 9\) kernel .* GiB of kernel spectrum'):
+        fftconv.conv_fft(x, w)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # the same shape again: silent; a small one: silent
+        fftconv.conv_fft(x, w)
+        fftconv.conv_fft(torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3))

@@ -43,6 +43,7 @@ import functools
 import math
 import os
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -324,11 +325,31 @@ def _fft_reference(x, weight, bias, fft_shape, before, sizes, ks):
     return y
 
 
+# Above this size of kernel spectrum a CPU call takes long enough (minutes for flexnet16 at 512x512) to announce.
+LARGE_SPECTRUM_BYTES = 1 << 30
+_announced_shapes = set()
+
+
+def _announce_large_fft(x: torch.Tensor, weight: torch.Tensor, fft_shape: Sequence[int]) -> None:
+    """Say once per shape what a very large CPU FFT convolution is doing, instead of going silent for minutes."""
+    if x.device.type != 'cpu':
+        return
+    spectrum = weight.shape[0] * weight.shape[1] * math.prod(fft_shape[:-1]) * (fft_shape[-1] // 2 + 1) * 8
+    key = (tuple(x.shape), tuple(weight.shape))
+    if spectrum > LARGE_SPECTRUM_BYTES and key not in _announced_shapes:
+        _announced_shapes.add(key)
+        warnings.warn(f"FFT convolution of a {tuple(weight.shape)} kernel over a {tuple(x.shape)} input: "
+                      f"{spectrum / 2 ** 30:.1f} GiB of kernel spectrum (FFT size {tuple(fft_shape)}), slow on a CPU "
+                      f"(kernels grow with the input size); evaluate nearer the training resolution or on a GPU.",
+                      stacklevel=4)
+
+
 def _fft(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], before: Sequence[int]):
     out_dtype = torch.result_type(x, weight)
     compute_dtype = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
     sizes, ks = x.shape[2:], weight.shape[2:]
     fft_shape = [fft_length(n, k, b) for n, k, b in zip(sizes, ks, before)]
+    _announce_large_fft(x, weight, fft_shape)
     # keep FFTs and the complex matmul in float32 (the meta device has no autocast state)
     with torch.autocast(x.device.type, enabled=False) if x.device.type != 'meta' else contextlib.nullcontext():
         x, weight = x.to(compute_dtype), weight.to(compute_dtype)
