@@ -138,6 +138,7 @@ def write_hub_folder(
         repo_id: Optional[str] = None,
         overwrite: bool = False,
         label_names: Optional[Sequence[str]] = None,
+        training_curves: Optional[Union[str, Path]] = None,
 ) -> Path:
     """Write ``folder`` = the Hub repo of a trained ``model``: config.json, model.safetensors, README.md, reference.
 
@@ -154,6 +155,8 @@ def write_hub_folder(
         overwrite: Replace an existing folder's files.
         label_names: Class names stored in config.json (timm reads them into ``pretrained_cfg['label_names']``);
             default: the model's own, when they match its number of classes.
+        training_curves: The run's ``training_curves.png`` (:mod:`flexconv_zoo.plots`), copied next to the card and
+            shown in it. The card also shows ``kernel_sizes.png``, drawn here (with matplotlib installed).
 
     The weights' sha256 goes into config.json (``pretrained_cfg.notes``); add the same value to the tag's
     ``default_cfgs`` entry (``hub_weights(name, sha256)``).
@@ -188,9 +191,26 @@ def write_hub_folder(
     safetensors.torch.save_file(compute_reference(model, input_size, test_input_size), str(folder / REFERENCE_NAME))
     num_params = sum(p.numel() for p in model.parameters())
     kernel_sizes = model.kernel_sizes() if hasattr(model, 'kernel_sizes') else ()
-    card = render_model_card(name, repo_id, info, results, input_size, test_input_size, num_params, kernel_sizes)
+    figures = _card_figures(model, folder, name, training_curves)
+    card = render_model_card(name, repo_id, info, results, input_size, test_input_size, num_params, kernel_sizes,
+                             figures)
     (folder / CARD_NAME).write_text(card, encoding='utf-8')
     return folder
+
+
+def _card_figures(model: nn.Module, folder: Path, name: str, curves: Optional[Union[str, Path]]) -> Dict[str, str]:
+    """Draw ``kernel_sizes.png`` and copy the run's training curves into ``folder``; returns what exists."""
+    import shutil
+    figures = {}
+    try:
+        from .inspection import plot_kernel_sizes
+        figures['kernel_sizes'] = plot_kernel_sizes(model, folder / 'kernel_sizes.png', title=name).name
+    except ImportError:  # matplotlib is optional: the card then lists the sizes only
+        pass
+    if curves is not None and Path(curves).is_file():
+        shutil.copyfile(curves, folder / 'training_curves.png')
+        figures['training_curves'] = 'training_curves.png'
+    return figures
 
 
 def validate_hub_folder(folder: Union[str, Path], atol: float = 1e-3, rtol: float = 1e-3) -> Dict[str, Any]:

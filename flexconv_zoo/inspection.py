@@ -327,6 +327,17 @@ def default_layers(num_layers: int) -> List[int]:
     return sorted({0, num_layers // 2, num_layers - 1})
 
 
+def plot_kernel_sizes(model: nn.Module, path: Path, title: Optional[str] = None) -> Path:
+    """The learned kernel size of every FlexConv layer at the model's resolution and twice it (the model-card
+    figure; :func:`inspect_model` draws it with the others)."""
+    plt = _require_matplotlib()
+    now = current_size(model)
+    stats = layer_stats(model.eval(), [now, 2 * now])
+    unit = 'steps' if hasattr(model, 'seq_len') else 'px'
+    _plot_kernel_sizes(plt, stats, unit, title or type(model).__name__, Path(path))
+    return Path(path)
+
+
 def inspect_model(
         model: nn.Module,
         out_dir: Path,

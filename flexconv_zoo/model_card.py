@@ -5,7 +5,7 @@ is a ``ModelCardData``; the text is the Jinja template. :func:`read_card_results
 """
 import dataclasses
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 __all__ = ['EvalRow', 'CardInfo', 'CARD_TEMPLATE', 'PAPER_BIBTEX', 'render_model_card', 'read_card_results']
 
@@ -75,6 +75,7 @@ def render_model_card(
         test_input_size: Optional[Sequence[int]],
         num_params: int,
         kernel_sizes: Sequence[Tuple[int, ...]] = (),
+        figures: Optional[Dict[str, str]] = None,
 ) -> str:
     """The README.md of a Hub folder: metadata header (with model-index results), usage, recipe, results, limits."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -108,7 +109,7 @@ def render_model_card(
         kernels=', '.join('x'.join(map(str, k)) for k in kernel_sizes),
         resolutions=', '.join(str(s) for s in sorted({int(r.input_size) for r in results})) or 'none',
         results=list(results), dataset_name=info.dataset_name, limitations=list(info.limitations),
-        bibtex=PAPER_BIBTEX,
+        bibtex=PAPER_BIBTEX, figures=dict(figures or {}),
     )
     return str(card)
 

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from flexconv_zoo.evaluation import UserError, load_weights, run_cli  # noqa: E402
 from flexconv_zoo.hub_folder import create_model_for_tag, validate_hub_folder, write_hub_folder  # noqa: E402
+from flexconv_zoo.plots import update_training_plot  # noqa: E402
 from flexconv_zoo.model_card import CardInfo, EvalRow  # noqa: E402
 
 
@@ -89,18 +90,23 @@ def export_main(argv: Optional[Sequence[str]] = None) -> Path:
     p.add_argument('--limitation', action='append', default=[], help='a limitation line (repeatable)')
     p.add_argument('--output', type=Path, default=None, help='default: hub_configs/<tag>')
     p.add_argument('--overwrite', action='store_true')
+    p.add_argument('--weights', default='model.safetensors',
+                   help="weights inside the run folder: model.safetensors (final), best/model.safetensors (best on "
+                        "validation so far: exports a run that is still training), ema/model.safetensors")
     args = p.parse_args(argv)
 
     run = args.run
-    weights = run / 'model.safetensors'
+    weights = run / args.weights
     if not weights.is_file() or not (run / 'args.json').is_file():
-        raise UserError(f"{run} is not a finished run of scripts/train.py (no model.safetensors / args.json).")
+        raise UserError(f"{run} has no {args.weights} / args.json: pass a run folder of scripts/train.py (a finished "
+                        f"one, or --weights best/model.safetensors for the best epoch so far).")
     model = create_model_for_tag(args.tag)
     load_weights(model, weights)
     model.eval()
 
-    rows, command = _validate(run, args.dataset, args.img_size, None)
-    ci_rows, ci_command = _validate(run, args.dataset, args.img_size[:1], args.ci_samples)
+    # validate.py reads the exported folder that holds these weights (the run itself, or its best/ or ema/)
+    rows, command = _validate(weights.parent, args.dataset, args.img_size, None)
+    ci_rows, ci_command = _validate(weights.parent, args.dataset, args.img_size[:1], args.ci_samples)
     results = [EvalRow(args.dataset, 'test', r['img_size'], round(r['top1'], 2), r['count'], command) for r in rows]
     results += [EvalRow(args.dataset, f"test[:{args.ci_samples}]", r['img_size'], round(r['top1'], 2), r['count'],
                         ci_command) for r in ci_rows]
@@ -116,8 +122,10 @@ def export_main(argv: Optional[Sequence[str]] = None) -> Path:
     test_size = None
     if args.test_img_size:
         test_size = (model.in_chans, args.test_img_size, args.test_img_size)
+    update_training_plot(run)  # <run>/training_curves.png from its metrics.json, shown in the card
     folder = write_hub_folder(model, args.output or ROOT / 'hub_configs' / args.tag, name=args.tag, info=info,
-                              results=results, test_input_size=test_size, overwrite=args.overwrite)
+                              results=results, test_input_size=test_size, overwrite=args.overwrite,
+                              training_curves=run / 'training_curves.png')
     report = validate_hub_folder(folder)
     print(f"wrote and validated {folder}")
     print(f"  sha256 of model.safetensors (also in config.json): {report['files']['model.safetensors']}; add "

@@ -598,3 +598,22 @@ def test_published_hub_configs_folder(folder, tmp_path):
         measured = [r for f in out.glob('*.json') for r in _find_rows(json.loads(f.read_text()), row.input_size)]
         assert measured, f'validate.py wrote no result for size {row.input_size}'
         assert abs(float(measured[0]['top1']) - row.top1) <= 100.0 / row.num_samples + 1e-6, (row, measured[0])
+
+
+def test_card_shows_kernel_size_figure_and_training_curves(tmp_path):
+    from flexconv_zoo.plots import plot_training_curves
+    model = _fixture_model('flexnet8')
+    curves = plot_training_curves([dict(epoch=e, train_loss=1.0 / e, val_top1=10.0 * e, lr=0.01) for e in (1, 2)],
+                                  tmp_path / 'curves.png')
+    rows = [EvalRow('cifar10', 'test[:2]', 32, 50.0, 2, 'pytest')]
+    folder = write_hub_folder(model, tmp_path / 'with', name='flexnet8.test', info=INFO, results=rows,
+                              training_curves=curves)
+    card = (folder / 'README.md').read_text()
+    assert '![learned kernel size per layer](kernel_sizes.png)' in card
+    assert '![training curves](training_curves.png)' in card
+    for name in ('kernel_sizes.png', 'training_curves.png'):
+        assert (folder / name).read_bytes()[:4] == b'\x89PNG'
+    validate_hub_folder(folder)  # the extra files and sections keep the folder valid
+    without = write_hub_folder(model, tmp_path / 'without', name='flexnet8.test', info=INFO, results=rows)
+    card = (without / 'README.md').read_text()
+    assert 'no curve here' in card and not (without / 'training_curves.png').exists()

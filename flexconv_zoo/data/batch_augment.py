@@ -40,7 +40,8 @@ class BatchAugment:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"BatchAugment takes a (B, C, H, W) uint8 batch, got {images.dtype} {tuple(images.shape)}.")
+            raise ValueError(f"BatchAugment takes a (B, C, H, W) uint8 batch, got {images.dtype} "
+                             f"{tuple(images.shape)}.")
         b, _, h, w = images.shape
         x = images
         if self.padding > 0:
