@@ -64,7 +64,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--data', default='cifar10', help="cifar10, fashion_mnist, mnist1d, speech_commands[_raw], "
                    "character_trajectories or an ImageFolder path")
     g.add_argument('--data-dir', help="folder with the data files (default: $FLEXCONV_ZOO_DATA, ../shared/data)")
-    g.add_argument('--val-size', type=int, default=5000, help="training images held out for model selection")
+    g.add_argument('--val-size', type=int, default=5000,
+                   help="training images held out for model selection (0: train on all of them, no best/)")
     g.add_argument('--train-subset', type=int, help="train on a seeded subset of this many examples")
     g.add_argument('--eval-subset', type=int, help="validate/test on seeded subsets of this many examples")
     g.add_argument('--no-augment', action='store_true', help="no random crop / flip")
@@ -824,10 +825,12 @@ class _Loop:
             row['img_size'] = state.img_size
         if hasattr(self.unwrapped, 'kernel_sizes'):  # the learned kernel size, averaged over layers
             row['mean_kernel_size'] = float(np.mean([np.mean(k) for k in self.unwrapped.kernel_sizes()]))
-        val = evaluate(self.model, self.progress(val_loader, 'validating'), accelerator=acc)
-        row.update(val_loss=val['loss'], val_top1=val['top1'], val_top5=val['top5'])
-        candidates = [('model', self.unwrapped, val['top1'])]
-        if self.ema is not None:
+        candidates = []
+        if len(self.splits.val):  # --val-size 0: all training data used, the final weights are the result
+            val = evaluate(self.model, self.progress(val_loader, 'validating'), accelerator=acc)
+            row.update(val_loss=val['loss'], val_top1=val['top1'], val_top5=val['top5'])
+            candidates.append(('model', self.unwrapped, val['top1']))
+        if self.ema is not None and candidates:
             ema_val = evaluate(self.ema.module, self.progress(val_loader, 'validating EMA'), accelerator=acc)
             row.update(ema_val_top1=ema_val['top1'], ema_val_loss=ema_val['loss'])
             candidates.append(('ema', self.ema.module, ema_val['top1']))
@@ -843,13 +846,12 @@ class _Loop:
                 value = self.unwrapped.alias_free_penalty(weight=self.args.alias_free,
                                                           include_mask=self.args.alias_free_mask).item()
             penalty = f" (cross-entropy + alias-free penalty, now {value:.4f})"
-        acc.print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}{penalty} top1 {row['train_top1']:.2f} | "
-                  f"val loss "
-                  f"{row['val_loss']:.4f} top1 {row['val_top1']:.2f}"
+        acc.print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}{penalty} top1 {row['train_top1']:.2f}"
+                  + (f" | val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f}" if 'val_top1' in row else '')
                   + (f" | ema val top1 {row['ema_val_top1']:.2f}" if 'ema_val_top1' in row else '')
                   + f" | {row['epoch_seconds']:.1f} s, {row['train_images_per_s']:.0f} img/s")
-        kind, module, top1 = max(candidates, key=lambda c: c[2])  # EMA or raw weights, chosen on validation
-        if top1 > state.best_top1:
+        kind, module, top1 = max(candidates, key=lambda c: c[2]) if candidates else (None, None, -1.0)
+        if candidates and top1 > state.best_top1:  # EMA or raw weights, chosen on validation
             state.best_top1, state.best_epoch = top1, row['epoch']
             if acc.is_main_process:
                 _export(module, self.run_dir / 'best', self.splits.class_names,

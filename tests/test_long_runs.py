@@ -213,3 +213,15 @@ def test_campaign_report_table_and_calendar(tmp_path):
     assert (tmp_path / 'c.png').read_bytes()[:4] == b'\x89PNG'
     missing = subprocess.run([*script[:2], str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and 'args.json is missing' in missing.stderr
+
+
+def test_val_size_zero_trains_on_all_training_data(tiny_cifar, tmp_path, cache):
+    out = train_main([*TINY[:-3], '--val-size', '0', '--no-progress', '--data', 'cifar10', '--data-dir',
+                      str(tiny_cifar), '--img-size', '8', '--epochs', '2', '--ema', '--output', str(tmp_path),
+                      '--name', 'all'])
+    info = json.loads((tmp_path / 'all' / 'run_info.json').read_text())
+    assert info['dataset']['train'] == 36 and info['dataset']['val'] == 0  # every training image is trained on
+    rows = json.loads((tmp_path / 'all' / 'metrics.json').read_text())
+    assert len(rows) == 2 and all('val_top1' not in r and 'ema_val_top1' not in r for r in rows)
+    assert out['test']['count'] == 12 and (tmp_path / 'all' / 'model.safetensors').is_file()
+    assert not (tmp_path / 'all' / 'best').exists()  # nothing to select on
