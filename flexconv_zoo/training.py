@@ -41,8 +41,9 @@ __all__ = ['build_train_parser', 'train_main', 'latest_checkpoint', 'checkpoint_
 
 # Options a resumed run may change; everything else comes from the run's args.json.
 RESUME_OVERRIDES = ('stop_after_steps', 'workers', 'progress', 'checkpoint_every', 'keep_checkpoints',
-                    'mixed_precision', 'cpu', 'data_dir', 'track_test', 'channels_last')
-# data_dir: the same files on another machine; channels_last: a memory layout, the same function (a speed choice)
+                    'mixed_precision', 'cpu', 'data_dir', 'track_test', 'channels_last', 'ema_warmup')
+# data_dir: the same files on another machine; channels_last: a memory layout, the same function (a speed choice);
+# ema_warmup: the schedule of the weight average, which never feeds back into training
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -97,6 +98,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--grad-accum', type=int, default=1, help="gradient accumulation steps")
     g.add_argument('--ema', action='store_true', help="keep an EMA of the weights (timm ModelEmaV3)")
     g.add_argument('--ema-decay', type=float, default=0.999)
+    g.add_argument('--ema-warmup', action='store_true',
+                   help="ramp the EMA decay up from 0 (timm's 1 - (1 + step)^-2/3, capped at --ema-decay): the average "
+                        "follows the weights early in training instead of mixing in the random start")
     g.add_argument('--mixed-precision', default='no', choices=('no', 'bf16', 'fp16'))
     g.add_argument('--grad-checkpointing', action='store_true',
                    help="recompute each block in the backward (model.set_grad_checkpointing): less memory, slower "
@@ -632,7 +636,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=min(args.warmup_epochs, args.epochs / 10),
         warmup_lr=args.warmup_lr, min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     unwrapped = accelerator.unwrap_model(model)
-    ema = ModelEmaV3(unwrapped, decay=args.ema_decay) if args.ema else None
+    ema = ModelEmaV3(unwrapped, decay=args.ema_decay, use_warmup=args.ema_warmup) if args.ema else None
     state = TrainState(img_size=input_kwargs.get('img_size'))
     custom_objects = (scheduler, state) + ((ema,) if ema is not None else ())  # checkpoint order: never reorder
 

@@ -33,11 +33,11 @@ case "${1:-start}" in
     fi
     cd "$DIR"
     if [ -f "$RUN/args.json" ]; then
-      set -- --resume "$RUN" --data-dir "$DATA_DIR" --channels-last --no-progress
+      set -- --resume "$RUN" --data-dir "$DATA_DIR" --channels-last --ema-warmup --no-progress
     else
       set -- --model flexnet16 --data cifar10 --data-dir "$DATA_DIR" --img-size-schedule 20:0 32:0.6 --epochs 50 \
-        --batch-augment --channels-last --ema --ema-decay 0.9995 --smoothing 0.1 --track-test --checkpoint-every 400 \
-        --keep-checkpoints 2 --output . --name "$RUN" --no-progress
+        --batch-augment --channels-last --ema --ema-decay 0.9995 --ema-warmup --smoothing 0.1 --track-test \
+        --checkpoint-every 400 --keep-checkpoints 2 --output . --name "$RUN" --no-progress
     fi
     OMP_NUM_THREADS="$THREADS" PYTHONPATH="$DIR/code" nohup nice -n "$NICE" python code/scripts/train.py "$@" >> "$RUN.log" 2>&1 &
     echo $! > train.pid
