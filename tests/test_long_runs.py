@@ -122,6 +122,7 @@ def _max_diff(a, b) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
+@pytest.mark.slow  # several training runs / subprocesses: in the slow set CI also runs
 def test_progressive_run_switches_size_and_resumes_exactly(tiny_cifar, tmp_path, cache):
     common = [*TINY, '--data', 'cifar10', '--data-dir', str(tiny_cifar), '--img-size-schedule', '8:0', '16:0.5',
               '--epochs', '4', '--batch-augment', '--ema', '--ema-decay', '0.9', '--track-test',
@@ -167,6 +168,7 @@ def test_progressive_and_batch_augment_bad_options(tiny_cifar, tmp_path, cache, 
         train_main([*base, '--data', 'cifar10', '--data-dir', str(tiny_cifar), '--img-size-schedule', 'x'])
 
 
+@pytest.mark.slow  # several training runs / subprocesses: in the slow set CI also runs
 def test_sigterm_checkpoints_and_stops_then_resume_finishes(tiny_cifar, tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = dict(__import__('os').environ, OMP_NUM_THREADS='1', PYTHONPATH=str(root),
@@ -194,6 +196,7 @@ def test_sigterm_checkpoints_and_stops_then_resume_finishes(tiny_cifar, tmp_path
     assert json.loads((tmp_path / 'run' / 'args.json').read_text())['channels_last'] is False  # the run's own record
 
 
+@pytest.mark.slow  # several training runs / subprocesses: in the slow set CI also runs
 def test_campaign_report_table_and_calendar(tmp_path):
     root = Path(__file__).resolve().parents[1]
     run = tmp_path / 'run'
