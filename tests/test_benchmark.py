@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # runs scripts/benchmark.py end to end: in the slow set CI also runs
 def test_benchmark_smoke_run_writes_tables_and_json(tmp_path):
     out = tmp_path / 'bench.json'
     cmd = [sys.executable, 'scripts/benchmark.py', '--threads', '1', '--models', 'flexnet8', '--memory-models',
