@@ -20,23 +20,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, get_device_dtype, register_notrace_module, to_2tuple
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import ClassifierHead
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..data.datasets import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
-from ..layers import FlexConv1d, FlexConv2d, FlexConvNd
+from ..constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from ..layers import FlexConv2d, FlexConvConfig
 from ..layers.resolution import check_size
-from ..loading import build_flexconv_model, hub_weights
-from ._base import FlexConvModelMixin, check_image_input, pretrained_input_size, resample_to, sync_cfg_input_size
-from ._checkpoint import checkpoint_filter_fn
+from ..loading import hub_weights
+from ._base import FlexConvModelMixin, check_image_input, create_flexconv_model, flexconv_cfg, flexconv_options
 
 __all__ = ['FlexNet', 'FlexNetBlock']
-
-# FlexConv layers pick crop sizes and the convolution path at run time: FX must treat them as leaves.
-for _cls in (FlexConvNd, FlexConv1d, FlexConv2d):
-    register_notrace_module(_cls)
-
 
 
 class FlexNetBlock(nn.Module):
@@ -51,21 +45,19 @@ class FlexNetBlock(nn.Module):
             out_chs: int,
             conv_layer: Callable[..., nn.Module],
             drop_rate: float = 0.2,
-            act_layer: Callable[..., nn.Module] = nn.ReLU,
-            norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
             device=None,
             dtype=None,
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.conv1 = conv_layer(in_chs, out_chs, **dd)
-        self.norm1 = norm_layer(out_chs, **dd)
-        self.act1 = act_layer()
+        self.norm1 = nn.BatchNorm2d(out_chs, **dd)
+        self.act1 = nn.ReLU()
         self.drop = nn.Dropout(drop_rate)
         self.conv2 = conv_layer(out_chs, out_chs, **dd)
-        self.norm2 = norm_layer(out_chs, **dd)
+        self.norm2 = nn.BatchNorm2d(out_chs, **dd)
         self.shortcut = nn.Conv2d(in_chs, out_chs, 1, **dd) if in_chs != out_chs else nn.Identity()
-        self.act2 = act_layer()
+        self.act2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
@@ -99,9 +91,11 @@ class FlexNet(FlexConvModelMixin, nn.Module):
         img_size: Input size the model is trained at; it sets the kernel grid (``2 * (n // 2) + 1``).
         drop_rate: Dropout before the classifier.
         block_drop_rate: Dropout inside each residual block (paper: 0.2).
-        kernel_net, kernel_hidden, kernel_layers, kernel_input_scale, mask_init_sigma, mask_threshold,
-        conv_method, follow_input_size: passed to every :class:`~flexconv_zoo.layers.FlexConv2d`.
+        config: Options of every :class:`~flexconv_zoo.layers.FlexConv2d` (:class:`~flexconv_zoo.layers.FlexConvConfig`);
+            its fields may also be given as keyword arguments (``kernel_net='siren'``, ``mask_init_sigma=0.1``).
     """
+    size_arg = 'img_size'
+    size_unit = 'px'
 
     def __init__(
             self,
@@ -112,16 +106,10 @@ class FlexNet(FlexConvModelMixin, nn.Module):
             img_size: Union[int, Tuple[int, int]] = 32,
             drop_rate: float = 0.0,
             block_drop_rate: float = 0.2,
-            kernel_net: str = 'magnet',
-            kernel_hidden: int = 32,
-            kernel_layers: int = 3,
-            kernel_input_scale: float = 25.6,
-            mask_init_sigma: float = 0.075,
-            mask_threshold: float = 0.1,
-            conv_method: str = 'auto',
-            follow_input_size: bool = False,
+            config: Optional[FlexConvConfig] = None,
             device=None,
             dtype=None,
+            **flexconv_args: Any,
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
@@ -129,33 +117,22 @@ class FlexNet(FlexConvModelMixin, nn.Module):
             raise ValueError("FlexNet needs at least one residual block (widths is empty).")
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.img_size = to_2tuple(img_size)
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         self.output_fmt = 'NCHW'
 
-        conv_layer = partial(
-            FlexConv2d,
-            kernel_net=kernel_net,
-            kernel_hidden=kernel_hidden,
-            kernel_layers=kernel_layers,
-            kernel_input_scale=kernel_input_scale,
-            mask_init_sigma=mask_init_sigma,
-            mask_threshold=mask_threshold,
-            conv_method=conv_method,
-            follow_input_size=follow_input_size,
-        )
+        conv_layer = partial(FlexConv2d, config=flexconv_options('FlexNet', config, flexconv_args))
         self.stem = FlexStem(in_chans, widths[0], conv_layer, **dd)
         blocks, self.feature_info = [], []
         prev_chs = widths[0]
         for i, width in enumerate(widths):
             blocks.append(FlexNetBlock(prev_chs, width, conv_layer, drop_rate=block_drop_rate, **dd))
-            self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}'))
+            self.feature_info.append(dict(num_chs=width, reduction=1, module=f'blocks.{i}', stage=i))
             prev_chs = width
         self.blocks = nn.Sequential(*blocks)
         self.num_features = self.head_hidden_size = prev_chs
         self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self.set_source_size(self.img_size)
+        self.set_source_size(img_size)
         self._init_head()
 
     @torch.no_grad()
@@ -165,48 +142,22 @@ class FlexNet(FlexConvModelMixin, nn.Module):
             nn.init.kaiming_normal_(fc.weight)  # original code's head init
             nn.init.zeros_(fc.bias)
 
-    # ------------------------------------------------------------------ resolution
-    def set_source_size(self, img_size: Union[int, Tuple[int, int]]) -> None:
-        """Declare the training resolution (sets the kernel grid every layer is trained on)."""
-        self.img_size = check_size(img_size, 2, 'img_size')
-        for layer in self.flexconv_layers():
-            layer.set_source_size(self.img_size)
+    @staticmethod
+    def spatial_size(size: Union[int, Sequence[int]], in_chans: Optional[int] = None) -> Tuple[int, int]:
+        """``n``, ``(H, W)`` or timm's ``(C, H, W)`` -> ``(H, W)``."""
+        if not isinstance(size, (int, str, bytes)) and hasattr(size, '__len__') and len(size) == 3:
+            if in_chans is not None and size[0] != in_chans:
+                raise ValueError(f"input size {tuple(size)} has {size[0]} channels, the model {in_chans}.")
+            size = size[1:]
+        return check_size(size, 2, 'img_size')
 
-    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None, **kwargs: Any) -> None:
-        """Run on data of resolution ``img_size``: resample every kernel on that grid (paper's protocol).
+    @staticmethod
+    def full_input_size(in_chans: int, spatial: Sequence[int]) -> Tuple[int, int, int]:
+        return (in_chans, *spatial)
 
-        The pretrained config's ``input_size`` follows, so ``resolve_data_config(model=model)`` builds
-        transforms for the same size.
-        """
-        if kwargs:
-            raise TypeError(f"FlexNet.set_input_size got unexpected arguments {sorted(kwargs)}.")
-        if img_size is None:
-            return
-        size = check_size(img_size, 2, 'img_size')  # before any layer changes
-        for layer in self.flexconv_layers():
-            layer.set_input_size(size)
-        cfg = getattr(self, 'pretrained_cfg', None)
-        if cfg:
-            cfg = dict(cfg, input_size=(self.in_chans, *size))
-            cfg.pop('test_input_size', None)
-            self.pretrained_cfg = self.default_cfg = cfg
-
-    # ------------------------------------------------------------------ timm API
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^stem', blocks=r'^blocks\.(\d+)')
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
 
     def forward_intermediates(
             self,
@@ -232,66 +183,24 @@ class FlexNet(FlexConvModelMixin, nn.Module):
             return intermediates
         return x, intermediates
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the blocks after the last one ``indices`` needs (and the head)."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or max_index < len(self.feature_info) - 1:
-            self.head.reset(0, pool_type='', in_features=self.num_features, **get_device_dtype(self))
-            self.num_classes = 0
-        return take_indices
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(check_image_input(x, self.in_chans, type(self).__name__))
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x
+        return self.forward_blocks(self.stem(check_image_input(x, self.in_chans, type(self).__name__)))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
+    # Defined here, not in the mixin: FX wraps the input checks through the globals of the module of ``forward``.
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
 
 def _create_flexnet(variant: str, pretrained: bool = False, **kwargs: Any) -> FlexNet:
-    # Kernels live on the grid of the training resolution; a different requested size is a resampling.
-    run_size = kwargs.get('img_size')
-    trained = pretrained_input_size(variant, pretrained, kwargs, 'img_size')
-    if trained is not None:
-        kwargs['img_size'] = trained[-2:]
     num_blocks = len(kwargs.get('widths', ()))
-    model = build_flexconv_model(
-        FlexNet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=tuple(range(num_blocks)), flatten_sequential=True),
-        **kwargs,
-    )
-    if trained is not None and run_size is not None and to_2tuple(run_size) != tuple(trained[-2:]):
-        resample_to(model, to_2tuple(run_size))
-    size = to_2tuple(run_size if run_size is not None else kwargs['img_size'])
-    sync_cfg_input_size(model, (model.in_chans, *size))  # in_chans may come from the tag's cfg
-    return model
+    feature_cfg = dict(out_indices=tuple(range(num_blocks)), flatten_sequential=True)
+    return create_flexconv_model(FlexNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
-    return {
+    return flexconv_cfg(**{
         'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (32, 32), 'min_input_size': (3, 2, 2),
-        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
-        'first_conv': 'stem.conv.kernel_net.output', 'classifier': 'head.fc',
-        'paper_ids': 'arXiv:2110.08059',
-        'paper_name': 'FlexConv: Continuous Kernel Convolutions with Differentiable Kernel Sizes',
-        'origin_url': 'https://github.com/rjbruin/flexconv', 'license': 'mit',
-        **kwargs,
-    }
+        'mean': CIFAR10_MEAN, 'std': CIFAR10_STD, 'first_conv': 'stem.conv.kernel_net.output', **kwargs})
 
 
 # Published tags: the shipped copy is the source (no network), hf_hub_id once published, sha256 of the bytes.

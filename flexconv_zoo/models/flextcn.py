@@ -20,14 +20,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers import FlexConv1d
+from ..layers import FlexConv1d, FlexConvConfig
 from ..layers.resolution import check_size
-from ..loading import build_flexconv_model, hub_weights
-from ._base import FlexConvModelMixin, as_sequence, pretrained_input_size, resample_to, sync_cfg_input_size, restore_layout
-from ._checkpoint import checkpoint_filter_fn
+from ..loading import hub_weights
+from ._base import (
+    FlexConvModelMixin, as_sequence, create_flexconv_model, flexconv_cfg, flexconv_options, restore_layout,
+)
 
 __all__ = ['FlexTCN', 'FlexTCNBlock']
 
@@ -127,9 +128,11 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
         seq_len: Sequence length the model trains on; the kernel grid has ``seq_len`` points.
         drop_rate: Dropout before the classifier.
         block_drop_rate: Dropout inside each block.
-        kernel_net, kernel_hidden, kernel_layers, kernel_input_scale, mask_init_sigma, mask_threshold,
-        conv_method, follow_input_size: passed to every causal :class:`~flexconv_zoo.layers.FlexConv1d`.
+        config: Options of every causal :class:`~flexconv_zoo.layers.FlexConv1d`
+            (:class:`~flexconv_zoo.layers.FlexConvConfig`); its fields may also be given as keyword arguments.
     """
+    size_arg = 'seq_len'
+    size_unit = 'steps'
 
     def __init__(
             self,
@@ -140,16 +143,10 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
             seq_len: int = 16000,
             drop_rate: float = 0.0,
             block_drop_rate: float = 0.1,
-            kernel_net: str = 'magnet',
-            kernel_hidden: int = 32,
-            kernel_layers: int = 3,
-            kernel_input_scale: float = 25.6,
-            mask_init_sigma: float = 0.075,
-            mask_threshold: float = 0.1,
-            conv_method: str = 'auto',
-            follow_input_size: bool = False,
+            config: Optional[FlexConvConfig] = None,
             device=None,
             dtype=None,
+            **flexconv_args: Any,
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
@@ -161,26 +158,15 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
         self.grad_checkpointing = False
         self.output_fmt = 'NCHW'  # features come back as (B, C, 1, L) for image-shaped inputs
 
-        conv_layer = partial(
-            FlexConv1d,
-            causal=True,
-            kernel_net=kernel_net,
-            kernel_hidden=kernel_hidden,
-            kernel_layers=kernel_layers,
-            kernel_input_scale=kernel_input_scale,
-            mask_init_sigma=mask_init_sigma,
-            mask_threshold=mask_threshold,
-            conv_method=conv_method,
-            follow_input_size=follow_input_size,
-        )
+        conv_layer = partial(FlexConv1d, causal=True, config=flexconv_options('FlexTCN', config, flexconv_args))
         blocks, self.feature_info = [], []
         prev_chs = in_chans
         for i, width in enumerate(widths):
             blocks.append(FlexTCNBlock(prev_chs, width, conv_layer, drop_rate=block_drop_rate, **dd))
             # Two feature taps per block (after each FlexConv stage), so even FlexTCN-2 has 4 levels.
             self.feature_info += [
-                dict(num_chs=width, reduction=1, module=f'blocks.{i}.norm1'),
-                dict(num_chs=width, reduction=1, module=f'blocks.{i}'),
+                dict(num_chs=width, reduction=1, module=f'blocks.{i}.norm1', stage=i),
+                dict(num_chs=width, reduction=1, module=f'blocks.{i}', stage=i),
             ]
             prev_chs = width
         self.blocks = nn.Sequential(*blocks)
@@ -188,57 +174,22 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
         self.head = SequenceHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.set_source_size(seq_len)
 
-    # ------------------------------------------------------------------ resolution
     @staticmethod
-    def _length(size: Union[int, Sequence[int]]) -> int:
-        # (C, 1, L) / (1, L) image-style sizes carry the length last.
+    def spatial_size(size: Union[int, Sequence[int]], in_chans: Optional[int] = None) -> Tuple[int]:
+        """``L``, ``(L,)``, ``(1, L)`` or timm's ``(C, 1, L)`` -> ``(L,)``: image-style sizes carry the length last."""
         if isinstance(size, (str, bytes)) or not (isinstance(size, int) or hasattr(size, '__getitem__')):
             raise TypeError(f"seq_len must be an int or a size ending in the length, got {size!r}.")
-        return check_size(size if isinstance(size, int) else size[-1], 1, 'seq_len')[0]
+        if not isinstance(size, int) and len(size) == 3 and in_chans is not None and size[0] != in_chans:
+            raise ValueError(f"input size {tuple(size)} has {size[0]} channels, the model {in_chans}.")
+        return check_size(size if isinstance(size, int) else size[-1], 1, 'seq_len')
 
-    def set_source_size(self, seq_len: Union[int, Sequence[int]]) -> None:
-        """Declare the training sequence length (sets the kernel grid every layer is trained on)."""
-        self.seq_len = self._length(seq_len)
-        for layer in self.flexconv_layers():
-            layer.set_source_size(self.seq_len)
+    @staticmethod
+    def full_input_size(in_chans: int, spatial: Sequence[int]) -> Tuple[int, int, int]:
+        return (in_chans, 1, spatial[-1])
 
-    def set_input_size(
-            self,
-            seq_len: Optional[Union[int, Sequence[int]]] = None,
-            img_size: Optional[Union[int, Sequence[int]]] = None,
-    ) -> None:
-        """Run on sequences resampled to ``seq_len`` steps: resample every kernel on that grid.
-
-        ``img_size`` is timm's spelling; for a ``(1, L)`` size its last entry is the length.
-        """
-        size = seq_len if seq_len is not None else img_size
-        if size is None:
-            return
-        length = self._length(size)
-        for layer in self.flexconv_layers():
-            layer.set_input_size(length)
-        cfg = getattr(self, 'pretrained_cfg', None)
-        if cfg:
-            cfg = dict(cfg, input_size=(self.in_chans, 1, length))
-            cfg.pop('test_input_size', None)
-            self.pretrained_cfg = self.default_cfg = cfg
-
-    # ------------------------------------------------------------------ timm API
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^blocks\.0\.', blocks=r'^blocks\.(\d+)')
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
 
     def forward_intermediates(
             self,
@@ -270,68 +221,26 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
             return intermediates
         return restore_layout(x, inputs), intermediates
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the blocks after the one holding the last tap ``indices`` needs (and the head)."""
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        self.blocks = self.blocks[:max_index // 2 + 1]
-        self.feature_info = self.feature_info[:2 * len(self.blocks)]
-        self.num_features = self.head_hidden_size = self.feature_info[-1]['num_chs']
-        self.head.reset(0, pool_type='', in_features=self.num_features, **get_device_dtype(self))
-        self.num_classes = 0
-        return take_indices
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, L)`` -> ``(B, width, L)``; ``(B, C, 1, L)`` -> ``(B, width, 1, L)``."""
-        features = as_sequence(x, self.in_chans, type(self).__name__)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            features = checkpoint_seq(self.blocks, features)
-        else:
-            features = self.blocks(features)
-        return restore_layout(features, x)
+        return restore_layout(self.forward_blocks(as_sequence(x, self.in_chans, type(self).__name__)), x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
+    # Defined here, not in the mixin: FX wraps the input checks through the globals of the module of ``forward``.
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
 
 def _create_flextcn(variant: str, pretrained: bool = False, **kwargs: Any) -> FlexTCN:
-    # Kernels live on the grid of the training length; a different requested length is a resampling.
-    run_len = kwargs.get('seq_len')
-    trained = pretrained_input_size(variant, pretrained, kwargs, 'seq_len')
-    if trained is not None:
-        kwargs['seq_len'] = trained[-1]
     num_blocks = len(kwargs.get('widths', ()))
-    model = build_flexconv_model(
-        FlexTCN, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        # Features come from forward_intermediates, which accepts both (B, C, L) and (B, C, 1, L).
-        feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(2 * num_blocks))),
-        **kwargs,
-    )
-    if trained is not None and run_len is not None and FlexTCN._length(run_len) != trained[-1]:
-        resample_to(model, FlexTCN._length(run_len))
-    length = FlexTCN._length(run_len if run_len is not None else kwargs['seq_len'])
-    sync_cfg_input_size(model, (model.in_chans, 1, length))  # in_chans may come from the tag's cfg
-    return model
+    # Features come from forward_intermediates, which accepts both (B, C, L) and (B, C, 1, L).
+    feature_cfg = dict(feature_cls='getter', out_indices=tuple(range(2 * num_blocks)))
+    return create_flexconv_model(FlexTCN, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
-    return {
-        'num_classes': 10, 'input_size': (1, 1, 16000), 'pool_size': (1, 16000),
-        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': (0.0,), 'std': (1.0,),
-        'first_conv': 'blocks.0.conv1.kernel_net.output', 'classifier': 'head.fc',
-        'paper_ids': 'arXiv:2110.08059',
-        'paper_name': 'FlexConv: Continuous Kernel Convolutions with Differentiable Kernel Sizes',
-        'origin_url': 'https://github.com/rjbruin/flexconv', 'license': 'mit',
-        **kwargs,
-    }
+    return flexconv_cfg(**{
+        'num_classes': 10, 'input_size': (1, 1, 16000), 'pool_size': (1, 16000), 'mean': (0.0,), 'std': (1.0,),
+        'first_conv': 'blocks.0.conv1.kernel_net.output', **kwargs})
 
 
 def _mnist1d_cfg(name: str, sha256: str) -> Dict[str, Any]:
