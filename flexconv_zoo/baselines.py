@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.resnet import BasicBlock
 
-__all__ = ['CifarResNet', 'cifar_resnet44', 'cifar_resnet20']
+__all__ = ['CifarResNet', 'cifar_resnet44']
 
 
 class PadShortcut(nn.Module):
@@ -68,7 +68,3 @@ def cifar_resnet44(**kwargs) -> CifarResNet:
     """ResNet-44 for 32x32 images: 0.66M parameters with 10 classes."""
     return CifarResNet(depth=44, **kwargs)
 
-
-def cifar_resnet20(**kwargs) -> CifarResNet:
-    """ResNet-20 for 32x32 images: 0.27M parameters with 10 classes."""
-    return CifarResNet(depth=20, **kwargs)

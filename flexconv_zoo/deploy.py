@@ -6,6 +6,7 @@ at the model's current resolution (timm's convention, so ``timm.utils.reparamete
 whole model); this module adds loading a model from a tag, run folder or weights file, and the ONNX export
 with an onnxruntime parity check (``pip install ".[onnx]"``).
 """
+import copy
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -17,9 +18,8 @@ from .layers import FlexConvNd
 from .layers.fftconv import choose_conv_method
 
 __all__ = [
-    'add_source_arguments', 'load_source_from_args', 'load_source', 'input_shape', 'set_resolution', 'reparameterize', 'export_onnx', 'onnx_session', 'onnx_max_diff',
-    'export_and_check',
-    'format_parity',
+    'add_source_arguments', 'load_source_from_args', 'load_source', 'input_shape', 'set_resolution', 'reparameterize',
+    'export_onnx', 'onnx_session', 'onnx_max_diff', 'export_and_check', 'format_parity',
 ]
 
 
@@ -36,7 +36,7 @@ def add_source_arguments(parser) -> None:
 
 def load_source_from_args(args) -> nn.Module:
     """:func:`load_source` with the arguments of :func:`add_source_arguments`."""
-    from .evaluation import parse_model_kwargs
+    from .cli import parse_model_kwargs
     return load_source(args.source, model_name=args.model, source_img_size=args.source_img_size,
                        model_kwargs=parse_model_kwargs(args.model_kwargs))
 
@@ -49,7 +49,7 @@ def load_source(
 ) -> nn.Module:
     """A model in eval mode from a pretrained tag (``flexnet16.cifar10``, ``hf-hub:<org>/<name>``), a run
     folder, a Hub-layout folder or a weights file (then ``model_name`` names the architecture)."""
-    from .evaluation import load_model
+    from .checkpoints import load_model
     path = Path(source)
     if path.exists() or source.startswith('hf-hub:') or '/' in source or path.suffix in ('.safetensors', '.pth', '.pt'):
         model = load_model(source, model_name=model_name, model_kwargs=model_kwargs,
@@ -61,39 +61,43 @@ def load_source(
     return model.eval()
 
 
-def _is_sequence_model(model: nn.Module) -> bool:
-    return hasattr(model, 'seq_len')
-
-
 def set_resolution(model: nn.Module, size: Optional[int]) -> None:
     """Resample every kernel for inputs of ``size`` (pixels per side, or sequence length); None keeps the grid."""
-    if size is None:
-        return
-    if _is_sequence_model(model):
-        model.set_input_size(seq_len=size)
-    else:
-        model.set_input_size(img_size=size)
+    if size is not None:
+        model.set_input_size(size)
 
 
 def input_shape(model: nn.Module, batch_size: int = 1, size: Optional[int] = None) -> Tuple[int, ...]:
     """An input shape for ``model``: ``(B, C, L)`` for FlexTCN, ``(B, C, H, W)`` for FlexNet; ``size`` defaults to
-    the model's current resolution (its pretrained cfg's ``input_size``)."""
-    cfg_size = tuple((getattr(model, 'pretrained_cfg', None) or {}).get('input_size') or ())
-    if _is_sequence_model(model):
-        length = size or (cfg_size[-1] if cfg_size else model.seq_len)
-        return batch_size, model.in_chans, length
-    hw = (size, size) if size else (tuple(cfg_size[-2:]) if cfg_size else tuple(model.img_size))
-    return (batch_size, model.in_chans, *hw)
+    the model's current resolution (``model.input_size``)."""
+    chans, *spatial = model.input_size
+    if model.size_unit == 'steps':
+        return batch_size, chans, size or spatial[-1]
+    return (batch_size, chans, *((size, size) if size else spatial))
+
+
+def _existing_module(model: nn.Module, name: str) -> str:
+    """``name`` or its nearest parent that is still a submodule of ``model`` ('' for none)."""
+    while name:
+        try:
+            model.get_submodule(name)
+            return name
+        except AttributeError:
+            name = name.rpartition('.')[0]
+    return name
 
 
 def reparameterize(model: nn.Module, size: Optional[int] = None, inplace: bool = False) -> nn.Module:
     """``timm.utils.reparameterize_model`` after resampling for ``size``: an eval-mode model whose FlexConvs are
-    fixed convolutions (no kernel nets, masks or crop logic)."""
+    fixed convolutions (no kernel nets, masks or crop logic). The pretrained cfg's ``first_conv`` (a kernel net
+    output before) then names the reparameterized convolution, e.g. ``'stem.conv'``."""
     if not inplace:
-        import copy
         model = copy.deepcopy(model)
     set_resolution(model, size)
     model = reparameterize_model(model.eval(), inplace=True)
+    cfg = getattr(model, 'pretrained_cfg', None)
+    if cfg and cfg.get('first_conv'):
+        model.pretrained_cfg = model.default_cfg = {**cfg, 'first_conv': _existing_module(model, cfg['first_conv'])}
     return model
 
 
@@ -151,12 +155,12 @@ def onnx_session(path: Union[str, Path], threads: int = 0):
 
 
 def onnx_max_diff(
-        path: Union[str, Path], model: nn.Module, shapes: Sequence[Sequence[int]], seed: int = 0,
-) -> List[Dict[str, Any]]:
-    """Largest |onnxruntime - PyTorch| of ``model`` on random inputs of each shape (timing: scripts/benchmark.py)."""
+        path: Union[str, Path], model: nn.Module, shapes: Sequence[Sequence[int]]) -> List[Dict[str, Any]]:
+    """Largest |onnxruntime - PyTorch| of ``model`` on seeded random inputs of each shape (timing:
+    scripts/benchmark.py)."""
     session = onnx_session(path)
     name = session.get_inputs()[0].name
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(0)
     rows = []
     for shape in shapes:
         x = torch.randn(tuple(shape), generator=generator)

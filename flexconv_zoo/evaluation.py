@@ -1,254 +1,34 @@
-"""Model loading and multi-resolution evaluation (the logic behind ``scripts/validate.py``).
+"""Multi-resolution evaluation (the logic behind ``scripts/validate.py``); models come from
+:func:`flexconv_zoo.checkpoints.load_model`.
 
-A model trained at one resolution is evaluated at others the FlexConv way: ``model.set_input_size(img_size=s)``
+A model trained at one resolution is evaluated at others the FlexConv way: ``model.set_input_size(s)``
 resamples every continuous kernel for ``s`` px data and updates the model's data config, from which the eval
 transform is built (:func:`flexconv_zoo.data.eval_transform_for`), so model and data always agree on the size.
 """
 import argparse
-import ast
 import json
-import os
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoints import load_model, min_input_size
+from .cli import UserError, parse_model_kwargs
+from .files import atomic_path, atomic_write_text
+from .models import FlexConvModelMixin
+
 __all__ = [
-    'UserError', 'parse_model_kwargs', 'run_cli', 'load_model', 'load_weights', 'evaluate', 'validate_resolutions',
-    'write_results', 'plot_results', 'format_table', 'build_validate_parser', 'validate_main', 'min_input_size',
-    'atomic_write_text',
+    'evaluate', 'validate_resolutions', 'write_results', 'plot_results', 'format_table', 'build_validate_parser',
+    'validate_main',
 ]
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, without a traceback."""
-
-
-def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
-    """Run a script's ``main``; user errors become one ``error: ...`` line on stderr and exit code 2."""
-    from .data import DataNotFoundError
-    from .loading import PretrainedWeightsError
-    try:
-        main(argv)
-    except (UserError, DataNotFoundError, PretrainedWeightsError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-def parse_model_kwargs(items: Optional[Sequence[str]]) -> Dict[str, Any]:
-    """``["widths=8,8", "kernel_hidden=16", "conv_method=fft"]`` -> ``{'widths': (8, 8), ...}``."""
-    out = {}
-    for item in items or ():
-        key, sep, value = item.partition('=')
-        if not sep or not key:
-            raise UserError(f"--model-kwargs expects key=value items, got {item!r}.")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------------------------------------ models
-def min_input_size(model: nn.Module) -> int:
-    """Smallest spatial size the model accepts (its data config's ``min_input_size``, else 2)."""
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    return int(max(cfg.get('min_input_size', (0, 2, 2))[1:]))
-
-
-def _check_model_name(name: str) -> None:
-    import timm
-    if not timm.is_model(name):
-        known = ', '.join(timm.list_models(['flexnet*', 'flextcn*']))
-        raise UserError(f"Unknown model {name!r} (FlexConv models: {known}).")
-
-
-def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    """The package's one weight reader (:func:`flexconv_zoo.loading.read_weights`), errors as user errors."""
-    from .loading import PretrainedWeightsError, read_weights
-    if not path.is_file():
-        raise UserError(f"Checkpoint {path} does not exist.")
-    try:
-        return read_weights(path)
-    except PretrainedWeightsError as e:
-        raise UserError(str(e)) from None
-
-
-def _weights_file(folder: Path) -> Optional[Path]:
-    for name in ('model.safetensors', 'pytorch_model.bin', 'model.pth'):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def load_weights(model: nn.Module, path: Path, strict_head: bool = True) -> List[str]:
-    """Load a checkpoint file (this package's, timm's or the original FlexConv code's) into ``model``.
-
-    A classifier of another size is dropped (fine-tuning on new classes) unless ``strict_head``.
-    Returns the names of the parameters that were not in the checkpoint.
-    """
-    from .loading import PretrainedWeightsError, check_finite
-    from .models import checkpoint_filter_fn
-    state_dict = checkpoint_filter_fn(_read_state_dict(Path(path)), model)
-    try:
-        check_finite(state_dict, str(path))
-    except PretrainedWeightsError as e:
-        raise UserError(str(e)) from None
-    own = model.state_dict()
-    mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-    classifier = getattr(model, 'pretrained_cfg', {}).get('classifier', 'head.fc')
-    if mismatched and (strict_head or any(not k.startswith(classifier) for k in mismatched)):
-        raise UserError(f"Checkpoint {path} does not fit the model: {mismatched[0]} has shape "
-                        f"{tuple(state_dict[mismatched[0]].shape)}, the model {tuple(own[mismatched[0]].shape)}.")
-    for k in mismatched:
-        state_dict.pop(k)
-    result = model.load_state_dict(state_dict, strict=False)
-    if result.unexpected_keys:
-        raise UserError(f"Checkpoint {path} does not fit the model: unexpected key {result.unexpected_keys[0]}.")
-    missing = [k for k in result.missing_keys if not k.startswith(classifier)]
-    if missing:
-        raise UserError(f"Checkpoint {path} does not fit the model: missing key {missing[0]}.")
-    return list(result.missing_keys)
-
-
-def _num_classes_in(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
-    weight = state_dict.get('head.fc.weight')
-    return int(weight.shape[0]) if weight is not None else None
-
-
-def _sync_to_config(model: nn.Module) -> None:
-    """After loading an export, sample the kernels for the size its data config advertises."""
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    if 'input_size' in cfg and hasattr(model, 'set_input_size'):
-        size = tuple(cfg['input_size'][1:])
-        if len(size) == 2 and size[0] == 1 and hasattr(model, 'seq_len'):
-            model.set_input_size(seq_len=size[1])
-        else:
-            model.set_input_size(img_size=size)
-
-
-def _create(name: str, **kwargs: Any) -> nn.Module:
-    """``timm.create_model``; with ``pretrained=True`` the weights come through :mod:`flexconv_zoo.loading`."""
-    import timm
-    from .loading import PretrainedWeightsError
-    try:
-        return timm.create_model(name, **kwargs)
-    except TypeError as e:
-        raise UserError(f"Cannot build {name} with {sorted(kwargs)}: {e}") from None
-    except PretrainedWeightsError as e:
-        raise UserError(str(e)) from None
-
-
-def _from_run_folder(folder: Path) -> nn.Module:
-    """A run folder without an export (e.g. a killed run): build from args.json + the newest checkpoint."""
-    from .training import latest_checkpoint
-    args = json.loads((folder / 'args.json').read_text())
-    ckpt = latest_checkpoint(folder)
-    if ckpt is None or _weights_file(ckpt) is None:
-        raise UserError(f"Run folder {folder} has neither exported weights (config.json) nor a checkpoint.")
-    info = json.loads((folder / 'run_info.json').read_text())
-    model = _create(args['model'], **info['model_kwargs'])
-    load_weights(model, _weights_file(ckpt))
-    model.set_input_size(**info['input_size_kwargs'])
-    return model
-
-
-def load_model(
-        checkpoint: Optional[str],
-        model_name: Optional[str] = None,
-        model_kwargs: Optional[Dict[str, Any]] = None,
-        source_img_size: Optional[int] = None,
-        pretrained: bool = False,
-) -> nn.Module:
-    """Build a model with weights from ``checkpoint``, set to the input size its weights were exported at.
-
-    ``checkpoint`` may be a run folder (``scripts/train.py`` output), a Hub-layout folder (``config.json`` +
-    ``model.safetensors``), ``hf-hub:<org>/<name>``, or a ``.safetensors`` / ``.pth`` file (then ``model_name``
-    is needed, and ``source_img_size`` gives the resolution it was trained at, default 32).
-    """
-    model_kwargs = dict(model_kwargs or {})
-    if model_name:
-        _check_model_name(model_name)
-    if checkpoint is None:
-        if not model_name:
-            raise UserError("Give --checkpoint (a file, folder or hf-hub: id) or --model with --pretrained.")
-        if not pretrained:
-            raise UserError(f"No weights for {model_name}: give --checkpoint or --pretrained.")
-        return _hub_model(model_name, model_kwargs)
-    if checkpoint.startswith('hf-hub:'):
-        return _hub_model(checkpoint, model_kwargs)
-    path = Path(checkpoint)
-    if path.is_dir():
-        if (path / 'config.json').is_file():
-            from .loading import PretrainedWeightsError, read_config
-            try:  # read here first: timm's local-dir: reader reports a malformed file without its name
-                cfg = read_config(path / 'config.json')
-            except PretrainedWeightsError as e:
-                raise UserError(str(e)) from None
-            if model_name and cfg.get('architecture') not in (None, model_name):
-                raise UserError(f"{path} holds a {cfg.get('architecture')}, not a {model_name}.")
-            if _weights_file(path) is None:
-                raise UserError(f"{path} has a config.json but no model.safetensors.")
-            model = _create(f'local-dir:{path}', pretrained=True, **model_kwargs)
-            _sync_to_config(model)
-            return model
-        if (path / 'args.json').is_file():
-            return _from_run_folder(path)
-        raise UserError(f"{path} is neither a run folder nor a Hub-layout folder (config.json + model.safetensors).")
-    if not path.exists():
-        raise UserError(f"Checkpoint {path} does not exist.")
-    if not model_name:
-        raise UserError(f"{path} is a bare weights file: say which architecture with --model.")
-    state_dict = _read_state_dict(path)
-    num_classes = model_kwargs.pop('num_classes', None) or _num_classes_in(state_dict) or 10
-    if source_img_size:
-        model_kwargs['img_size'] = source_img_size
-    model = _create(model_name, num_classes=num_classes, **model_kwargs)
-    load_weights(model, path)
-    if source_img_size:
-        model.set_input_size(img_size=source_img_size)
-    return model
-
-
-def _hub_model(name: str, model_kwargs: Dict[str, Any]) -> nn.Module:
-    """A published model (``<model>[.<tag>]`` or ``hf-hub:<org>/<name>``) through the package's one loader."""
-    import timm
-    from .loading import PretrainedWeightsError
-    try:
-        model = timm.create_model(name, pretrained=True, **model_kwargs)
-    except TypeError as e:
-        raise UserError(f"Cannot build {name}: {e}") from None
-    except PretrainedWeightsError as e:  # says which file and what to do
-        raise UserError(str(e)) from None
-    except Exception as e:  # hf-hub: names fetch their config.json through timm (unknown repo, offline, ...)
-        raise UserError(
-            f"Cannot load pretrained weights for {name} ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}). "
-            f"Offline, set HF_HUB_OFFLINE=1 with a filled HF cache, or pass a local folder / file with --checkpoint."
-        ) from None
-    _sync_to_config(model)
-    return model
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator=None, max_batches: Optional[int] = None,
-             flip_tta: bool = False) -> Dict[str, float]:
+def evaluate(model: nn.Module, loader, accelerator=None, flip_tta: bool = False) -> Dict[str, float]:
     """Top-1 / top-5 accuracy (%), mean cross-entropy and images/s of ``model`` on ``loader``.
 
     With an ``accelerator`` (a prepared loader), predictions are gathered from all processes first. With
@@ -267,24 +47,21 @@ def evaluate(model: nn.Module, loader, accelerator=None, max_batches: Optional[i
                            (f'{prefix}loss', F.cross_entropy(logits, y, reduction='sum'))):
             sums[key] = sums.get(key, 0) + value.double()
 
-    with torch.no_grad():
-        for i, (x, y) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            if accelerator is None:
-                x, y = x.to(device), y.to(device)
-            if flip_tta and x.ndim != 4:
-                raise UserError("flip test-time augmentation is for images (batch, channels, height, width).")
-            logits = model(x).float()
-            flipped = model(x.flip(-1)).float() if flip_tta else None
-            if accelerator is not None:
-                logits, y = accelerator.gather_for_metrics((logits, y))
-                if flipped is not None:
-                    flipped = accelerator.gather_for_metrics(flipped)
-            score('', logits, y)
+    for x, y in loader:
+        if accelerator is None:
+            x, y = x.to(device), y.to(device)
+        if flip_tta and x.ndim != 4:
+            raise UserError("flip test-time augmentation is for images (batch, channels, height, width).")
+        logits = model(x).float()
+        flipped = model(x.flip(-1)).float() if flip_tta else None
+        if accelerator is not None:
+            logits, y = accelerator.gather_for_metrics((logits, y))
             if flipped is not None:
-                score('flip_', (logits + flipped) / 2, y)
-            sums['count'] = sums.get('count', 0) + y.numel()
+                flipped = accelerator.gather_for_metrics(flipped)
+        score('', logits, y)
+        if flipped is not None:
+            score('flip_', (logits + flipped) / 2, y)
+        sums['count'] = sums.get('count', 0) + y.numel()
     seconds = time.perf_counter() - start
     model.train(was_training)
     count = int(sums.get('count', 0))
@@ -310,12 +87,11 @@ def validate_resolutions(
     data config; the model is returned to its original size afterwards. ``progress``: a bar per size on stderr
     (a pass over 10,000 CIFAR-10 images takes minutes on a CPU).
     """
-    from timm.data import resolve_data_config
     from tqdm.auto import tqdm
     from .data import eval_transform_for
     device = device or torch.device('cpu')
     model.to(device)
-    original = tuple(resolve_data_config(model=model)['input_size'][1:])
+    original = model.input_size
     rows = []
     try:
         for size in img_sizes:
@@ -326,7 +102,7 @@ def validate_resolutions(
             metrics = evaluate(model, bar, flip_tta=flip_tta)
             rows.append(dict(img_size=int(size), **metrics))
     finally:
-        model.set_input_size(img_size=original)
+        model.set_input_size(original)
     return rows
 
 
@@ -366,10 +142,9 @@ def plot_results(rows: Sequence[Dict[str, Any]], path: Path, train_size: Optiona
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f'.{path.stem}.{os.getpid()}.tmp{path.suffix}')
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip('.') or 'png')
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_results(rows: Sequence[Dict[str, Any]], out_dir: Path, meta: Dict[str, Any],
@@ -429,7 +204,7 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     model = load_model(args.checkpoint, args.model, parse_model_kwargs(args.model_kwargs), args.source_img_size,
                        args.pretrained)
     train_size = int(resolve_data_config(model=model)['input_size'][-1])
-    is_sequence = hasattr(model, 'seq_len')
+    is_sequence = isinstance(model, FlexConvModelMixin) and model.size_arg == 'seq_len'
     sizes = args.img_size or [train_size]
     if is_sequence and args.img_size:
         raise UserError("--img-size applies to image models; sequence models are evaluated at their length.")

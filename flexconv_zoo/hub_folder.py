@@ -10,28 +10,29 @@
         reference_logits.safetensors    a fixed input and the logits the weights give on it (checked on every load)
 
 :func:`write_hub_folder` turns a trained model into such a folder, :func:`validate_hub_folder` checks one before
-it is published (``scripts/push_to_hub.py``). Loading lives in :mod:`flexconv_zoo.loading`.
+it is published. Loading lives in :mod:`flexconv_zoo.loading`; exporting a training run or an original checkpoint
+and the upload in :mod:`flexconv_zoo.hub_export`.
 """
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from .loading import (
-    CONFIG_NAME, REFERENCE_NAME, WEIGHTS_NAME, HUB_ORG, PretrainedWeightsError, file_sha256, read_config, sha256_note,
-    weights_sha256,
+    CONFIG_NAME, HUB_ORG, REFERENCE_ATOL, REFERENCE_NAME, REFERENCE_RTOL, WEIGHTS_NAME, PretrainedWeightsError,
+    file_sha256, read_config, sha256_note, weights_sha256,
 )
-from .model_card import CardInfo, EvalRow, read_card_results, render_model_card
+from .model_card import CARD_NAME, CardInfo, EvalRow, read_card_results, render_model_card
+from .models import FlexConvModelMixin
 
 __all__ = [
-    'HubFolderError', 'CARD_NAME', 'REQUIRED_FILES', 'pretrained_tags', 'create_model_for_tag', 'training_input_size',
-    'reference_input', 'compute_reference', 'write_hub_folder', 'validate_hub_folder',
+    'HubFolderError', 'REQUIRED_FILES', 'pretrained_tags', 'create_model_for_tag', 'reference_input',
+    'compute_reference', 'write_hub_folder', 'validate_hub_folder',
 ]
 
-CARD_NAME = 'README.md'
 REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, REFERENCE_NAME)
 
 
@@ -63,13 +64,6 @@ def create_model_for_tag(name: str, pretrained: bool = False, **kwargs: Any) -> 
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
-def training_input_size(model: nn.Module) -> Tuple[int, ...]:
-    """``(C, H, W)`` of FlexNet / ``(C, 1, L)`` of FlexTCN data at the resolution the kernels are trained on."""
-    if hasattr(model, 'seq_len'):
-        return (model.in_chans, 1, int(model.seq_len))
-    return (model.in_chans, *map(int, model.img_size))
-
-
 def _construction_args(model: nn.Module) -> Dict[str, Any]:
     """JSON-serialisable constructor arguments that define the function the weights compute."""
     conv = next(model.flexconv_layers())
@@ -80,21 +74,18 @@ def _construction_args(model: nn.Module) -> Dict[str, Any]:
         kernel_layers=len(getattr(net, 'linears', [])) or None,
         mask_threshold=conv.mask.threshold,
         mask_init_sigma=conv.mask.init_sigma,
+        **model.source_size_kwargs(),
     )
-    if hasattr(model, 'seq_len'):
-        args['seq_len'] = int(model.seq_len)
-    else:
-        args['img_size'] = [int(s) for s in model.img_size]
     return {k: v for k, v in args.items() if v is not None}
 
 
-def reference_input(input_size: Sequence[int], batch: int = 2, seed: int = 0) -> torch.Tensor:
-    """A fixed standard-normal batch (the input reference logits are computed on)."""
+def reference_input(input_size: Sequence[int], seed: int = 0) -> torch.Tensor:
+    """A fixed standard-normal batch of two (the input reference logits are computed on)."""
     gen = torch.Generator().manual_seed(seed)
     size = tuple(input_size)
     if len(size) == 3 and size[1] == 1:  # sequences (C, 1, L) -> (B, C, L)
         size = (size[0], size[2])
-    return torch.randn(batch, *size, generator=gen)
+    return torch.randn(2, *size, generator=gen)
 
 
 @torch.no_grad()
@@ -106,13 +97,13 @@ def compute_reference(model: nn.Module, input_size: Sequence[int], test_input_si
     out = {'input': reference_input(input_size)}
     out['logits'] = model(out['input']).float()
     if test_input_size is not None and tuple(test_input_size) != tuple(input_size):
-        source = training_input_size(model)
-        model.set_input_size(img_size=tuple(test_input_size[1:]) if len(test_input_size) == 3 else test_input_size)
+        current = model.input_size
+        model.set_input_size(test_input_size)
         try:
             out['input_test'] = reference_input(test_input_size, seed=1)
             out['logits_test'] = model(out['input_test']).float()
         finally:
-            model.set_input_size(img_size=tuple(source[1:]))
+            model.set_input_size(current)
             if saved_cfg:
                 model.pretrained_cfg = model.default_cfg = saved_cfg
     return {k: v.contiguous() for k, v in out.items()}
@@ -165,7 +156,7 @@ def write_hub_folder(
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(f"{folder} is not empty; pass overwrite=True to replace it.")
-    if not callable(getattr(model, 'flexconv_layers', None)):
+    if not isinstance(model, FlexConvModelMixin):
         raise TypeError(f"write_hub_folder expects a FlexConv model, got {type(model).__name__}.")
     arch, _, tag = name.partition('.')
     if not tag:
@@ -173,7 +164,7 @@ def write_hub_folder(
     labels = _label_config(model, label_names)
     repo_id = repo_id or f"{HUB_ORG}/{name}"
     model = model.eval()
-    input_size = training_input_size(model)
+    input_size = model.source_input_size
     data_config = dict(input_size=input_size)
     if test_input_size is not None:
         data_config['test_input_size'] = tuple(test_input_size)
@@ -190,10 +181,9 @@ def write_hub_folder(
     import safetensors.torch
     safetensors.torch.save_file(compute_reference(model, input_size, test_input_size), str(folder / REFERENCE_NAME))
     num_params = sum(p.numel() for p in model.parameters())
-    kernel_sizes = model.kernel_sizes() if hasattr(model, 'kernel_sizes') else ()
     figures = _card_figures(model, folder, name, training_curves)
-    card = render_model_card(name, repo_id, info, results, input_size, test_input_size, num_params, kernel_sizes,
-                             figures)
+    card = render_model_card(name, repo_id, info, results, input_size, test_input_size, num_params,
+                             model.kernel_sizes(), figures)
     (folder / CARD_NAME).write_text(card, encoding='utf-8')
     return folder
 
@@ -213,7 +203,7 @@ def _card_figures(model: nn.Module, folder: Path, name: str, curves: Optional[Un
     return figures
 
 
-def validate_hub_folder(folder: Union[str, Path], atol: float = 1e-3, rtol: float = 1e-3) -> Dict[str, Any]:
+def validate_hub_folder(folder: Union[str, Path]) -> Dict[str, Any]:
     """Check that ``folder`` is a complete, loadable Hub repo whose weights reproduce its reference logits.
 
     Checks: every file of :data:`REQUIRED_FILES`; config.json names a registered architecture, carries
@@ -268,9 +258,9 @@ def validate_hub_folder(folder: Union[str, Path], atol: float = 1e-3, rtol: floa
     with torch.no_grad():
         for key, inp, size in checks:
             if size is not None:
-                model.set_input_size(img_size=tuple(size[1:]))
+                model.set_input_size(size)
             out = model(reference[inp]).float()
-            if out.shape != reference[key].shape or not torch.allclose(out, reference[key], atol=atol, rtol=rtol):
+            if out.shape != reference[key].shape or not torch.allclose(out, reference[key], atol=REFERENCE_ATOL, rtol=REFERENCE_RTOL):
                 err = (out - reference[key]).abs().max().item() if out.shape == reference[key].shape else float('inf')
                 problems.append(f"{key}: logits differ from {REFERENCE_NAME} (max abs error {err:.3g})")
             else:

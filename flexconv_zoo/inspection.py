@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .deploy import input_shape, set_resolution
 from .layers import FlexConvNd
 from .layers.resolution import grid_positions
 
@@ -79,8 +78,8 @@ def short_name(name: str) -> str:
 
 
 def current_size(model: nn.Module) -> int:
-    """The resolution the model runs at now (its pretrained cfg's input size, last dimension)."""
-    return int(input_shape(model)[-1])
+    """The resolution the model runs at now (pixels per side or sequence length: ``model.input_size[-1]``)."""
+    return int(model.input_size[-1])
 
 
 def _dense_kernel(layer: FlexConvNd, points: int) -> np.ndarray:
@@ -119,7 +118,7 @@ def layer_stats(model: nn.Module, sizes: Sequence[int]) -> Dict[int, List[LayerS
     at_size = {}
     for size in sizes:
         copy_ = copy.deepcopy(model).eval()
-        set_resolution(copy_, size)
+        copy_.set_input_size(size)
         at_size[size] = flexconv_layers(copy_)
     finest = max(min(layer.grid) for layers in at_size.values() for _, layer in layers)
     points = 2 * (finest - 1) + 1  # twice as dense as the finest grid: its Nyquist limit is well inside
@@ -210,8 +209,9 @@ def _layer_kernels(layer: FlexConvNd, count: int) -> Tuple[np.ndarray, np.ndarra
     return picked, mask, start, length
 
 
-def _plot_kernels(plt, models: Dict[int, nn.Module], chosen: Sequence[int], unit: str, title: str, path: Path,
-                  count: int = 4) -> None:
+def _plot_kernels(plt, models: Dict[int, nn.Module], chosen: Sequence[int], unit: str, title: str, path: Path
+                  ) -> None:
+    count = 4  # channels drawn per layer and resolution
     sizes = list(models)
     layers = {s: flexconv_layers(m) for s, m in models.items()}
     dim = layers[sizes[0]][0][1].dim
@@ -333,7 +333,7 @@ def plot_kernel_sizes(model: nn.Module, path: Path, title: Optional[str] = None)
     plt = _require_matplotlib()
     now = current_size(model)
     stats = layer_stats(model.eval(), [now, 2 * now])
-    unit = 'steps' if hasattr(model, 'seq_len') else 'px'
+    unit = model.size_unit
     _plot_kernel_sizes(plt, stats, unit, title or type(model).__name__, Path(path))
     return Path(path)
 
@@ -363,7 +363,7 @@ def inspect_model(
         raise ValueError(
             f"Layer indices {bad} out of range: the model has {len(named)} FlexConv layers (0-{len(named) - 1}).")
     chosen = [i % len(named) for i in chosen]
-    unit = 'steps' if hasattr(model, 'seq_len') else 'px'
+    unit = model.size_unit
     title = title or type(model).__name__
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -372,7 +372,7 @@ def inspect_model(
     models = {}
     for size in sizes:
         models[size] = copy.deepcopy(model)
-        set_resolution(models[size], size)
+        models[size].set_input_size(size)
     files = {name: out_dir / f'{name}.png' for name in ('kernel_sizes', 'kernels', 'masks', 'frequency')}
     _plot_kernel_sizes(plt, stats, unit, title, files['kernel_sizes'])
     _plot_kernels(plt, models, chosen, unit, title, files['kernels'])

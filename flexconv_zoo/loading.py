@@ -24,14 +24,16 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 __all__ = [
     'PretrainedWeightsError', 'WeightsUnavailableError', 'HUB_ORG', 'CONFIG_NAME', 'WEIGHTS_NAME', 'REFERENCE_NAME',
+    'REFERENCE_ATOL', 'REFERENCE_RTOL',
     'SHIPPED_ROOT', 'CONNECT_TIMEOUT', 'READ_TIMEOUT', 'hub_weights', 'weights_sha256', 'sha256_note', 'file_sha256',
     'read_config', 'read_weights', 'fetch_hub_file', 'resolve_weights_file', 'check_config', 'check_finite',
     'check_state_dict',
@@ -44,6 +46,8 @@ HUB_ORG = 'flexconv-zoo'
 CONFIG_NAME = 'config.json'
 WEIGHTS_NAME = 'model.safetensors'
 REFERENCE_NAME = 'reference_logits.safetensors'
+# Tolerance of reproduced reference logits (float32 on the CPU; the FFT and direct paths differ by rounding).
+REFERENCE_ATOL = REFERENCE_RTOL = 1e-3
 # Published folders shipped as package data (a link to the repository's hub_configs/ in a checkout).
 SHIPPED_ROOT = Path(__file__).resolve().parent / 'hub_configs'
 # Seconds to open a connection / between two reads: a Hub that does not answer costs at most about 8 s.
@@ -334,9 +338,26 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, s
             f"saved from another architecture or configuration; nothing was loaded.")
 
 
+@contextmanager
+def _fixed_conv_methods(model: nn.Module) -> Iterator[None]:
+    """Every FlexConv with ``conv_method='auto'`` takes the fixed table's FFT/direct choice while the block runs:
+    autotuning (timing both paths) would cost seconds for one forward. Only this model changes, so other threads
+    keep the global autotune setting."""
+    from .layers import FlexConvNd
+    from .layers.fftconv import choose_conv_method
+    auto = [m for m in model.modules() if isinstance(m, FlexConvNd) and m.conv_method == 'auto']
+    device = next(model.parameters()).device.type
+    for layer in auto:
+        layer.conv_method = choose_conv_method(layer.cropped_kernel_size, device)
+    try:
+        yield
+    finally:
+        for layer in auto:
+            layer.conv_method = 'auto'
+
+
 @torch.no_grad()
-def check_reference(model: nn.Module, reference_path: Path, source: str, atol: float = 1e-3, rtol: float = 1e-3
-                    ) -> float:
+def check_reference(model: nn.Module, reference_path: Path, source: str) -> float:
     """Run ``model`` on the input stored in ``reference_logits.safetensors``; raise unless the logits match."""
     import safetensors.torch
     try:
@@ -344,18 +365,16 @@ def check_reference(model: nn.Module, reference_path: Path, source: str, atol: f
         inputs, expected = reference['input'], reference['logits']
     except Exception as err:
         raise PretrainedWeightsError(f"Cannot read {reference_path}: {_first_line(err)}") from None
-    from .layers import fftconv
     inputs, expected = inputs[:1], expected[:1]  # one sample is enough to catch changed bytes; keeps it < 1 s
-    was_training, was_tuning = model.training, fftconv.autotune_enabled()
+    was_training = model.training
     model.eval()
-    fftconv.set_autotune(False)  # timing direct vs FFT for one forward would cost seconds
     try:
-        out = model(inputs).float()
+        with _fixed_conv_methods(model):
+            out = model(inputs).float()
     finally:
         model.train(was_training)
-        fftconv.set_autotune(was_tuning)
     err = (out - expected).abs().max().item() if out.shape == expected.shape else float('inf')
-    if not (err <= atol + rtol * expected.abs().max().item()):
+    if not (err <= REFERENCE_ATOL + REFERENCE_RTOL * expected.abs().max().item()):
         raise PretrainedWeightsError(
             f"Weights in {source} do not reproduce {reference_path} (max abs logit error {err:.3g}): the weights, "
             f"their config.json or this package's code changed since the folder was written.")

@@ -7,7 +7,10 @@ import dataclasses
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-__all__ = ['EvalRow', 'CardInfo', 'CARD_TEMPLATE', 'PAPER_BIBTEX', 'render_model_card', 'read_card_results']
+__all__ = ['EvalRow', 'CardInfo', 'CARD_NAME', 'CARD_TEMPLATE', 'PAPER_BIBTEX', 'render_model_card',
+           'read_card_results']
+
+CARD_NAME = 'README.md'  # the model card of a Hub folder
 
 CARD_TEMPLATE = Path(__file__).resolve().parent / 'templates' / 'model_card.md'
 PAPER_BIBTEX = """@inproceedings{romero2022flexconv,
@@ -114,10 +117,10 @@ def render_model_card(
     return str(card)
 
 
-def read_card_results(folder: Union[str, Path], card_name: str = 'README.md') -> List[EvalRow]:
+def read_card_results(folder: Union[str, Path]) -> List[EvalRow]:
     """The results of a folder's model card, from its ``model-index`` metadata."""
     from huggingface_hub import ModelCard
-    card = ModelCard.load(Path(folder) / card_name, ignore_metadata_errors=False)
+    card = ModelCard.load(Path(folder) / CARD_NAME, ignore_metadata_errors=False)
     rows = []
     for res in card.data.eval_results or []:
         args = res.dataset_args or {}

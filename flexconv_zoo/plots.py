@@ -9,6 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
+from .files import atomic_path
+
 __all__ = ['plot_training_curves', 'update_training_plot', 'TRAINING_PLOT_NAME']
 
 TRAINING_PLOT_NAME = 'training_curves.png'
@@ -62,10 +64,9 @@ def plot_training_curves(history: Sequence[Dict[str, Any]], path: Union[str, Pat
     fig.suptitle(f'{title}{suffix}' if title else f'training curves{suffix}')
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.name + '.tmp.png')
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:  # readers never see a half-written image
+        fig.savefig(tmp, dpi=100, format='png')
     plt.close(fig)
-    tmp.replace(path)  # readers never see a half-written image
     return path
 
 

@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .evaluation import UserError, load_model, min_input_size, parse_model_kwargs
+from .checkpoints import load_model, min_input_size
+from .cli import UserError, parse_model_kwargs
 
 __all__ = ['build_predict_parser', 'predict', 'predict_main']
 

@@ -1,6 +1,6 @@
 """Progressive resolution: train a FlexConv model at a low resolution first, then continue at higher ones.
 
-A continuous kernel can be resampled on a finer grid at any time (``rebase_input_size``), so one run can spend
+A continuous kernel can be resampled on a finer grid at any time (``model.rebase_input_size``), so one run can spend
 its first epochs at, say, 20 px (about 2.5x cheaper per image than 32 px) and finish at 32 px, under a single
 learning-rate schedule planned over the whole run. A schedule is a list of ``SIZE:FRACTION`` stages: stage
 ``SIZE`` starts after ``FRACTION`` of the epochs, e.g. ``20:0 32:0.6``. Switches happen at epoch boundaries.

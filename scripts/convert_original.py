@@ -5,8 +5,9 @@
         --model flexnet16 --img-size 32 --num-classes 10
 
 The original ``.pt`` holds ``{"model": state_dict}`` with ``cconv1.Kernel.*``, ``mask_params`` and
-``train_length`` keys; :func:`flexconv_zoo.models.checkpoint_filter_fn` renames and reshapes them and refuses a
-model built for another kernel grid. The folder gets config.json, model.safetensors, reference logits and a
+``train_length`` keys; :func:`flexconv_zoo.hub_export.convert_original` (through
+:func:`flexconv_zoo.models.checkpoint_filter_fn`) renames and reshapes them and refuses a model built for another
+kernel grid. The folder gets config.json, model.safetensors, reference logits and a
 model card that says the weights are converted, with the results you pass (``--result``) and their command.
 """
 import argparse
@@ -32,36 +33,14 @@ def main(argv=None) -> int:
     parser.add_argument('--overwrite', action='store_true')
     args = parser.parse_args(argv)
 
-    import torch
-    import timm
-    import flexconv_zoo  # noqa: F401
-    from flexconv_zoo.hub import CardInfo, EvalRow, write_hub_folder
-    from flexconv_zoo.models import checkpoint_filter_fn
-
-    kwargs = dict(num_classes=args.num_classes)
+    from flexconv_zoo.hub_export import convert_original
+    model_kwargs = dict(num_classes=args.num_classes)
     for key, value in (('img_size', args.img_size), ('seq_len', args.seq_len), ('in_chans', args.in_chans)):
         if value is not None:
-            kwargs[key] = value
-    model = timm.create_model(args.model, **kwargs)
-    checkpoint = torch.load(args.checkpoint, map_location='cpu', weights_only=True)
-    state_dict = checkpoint_filter_fn(checkpoint, model)
-    model.load_state_dict(state_dict, strict=True)  # every key must map; a partial conversion is an error
-    model.eval()
-
-    results = []
-    for spec in args.result:
-        split, size, top1, num, command = spec.split(':', 4)
-        results.append(EvalRow(args.dataset, split, int(size), float(top1), int(num), command))
-    name = args.name or f'{args.model}.original'
-    info = CardInfo(
-        dataset=args.dataset, dataset_name=args.dataset,
-        summary=f'Weights converted from an original FlexConv checkpoint ({args.checkpoint.name}).',
-        recipe=['Trained by the authors of the original FlexConv code; converted with scripts/convert_original.py.'],
-        train_command=f'python scripts/convert_original.py {" ".join(sys.argv[1:] if argv is None else argv)}',
-        training_cost='see the original publication',
-        limitations=['Converted weights: results are those passed to the converter, with their commands.'],
-    )
-    write_hub_folder(model, args.output, name=name, info=info, results=results, overwrite=args.overwrite)
+            model_kwargs[key] = value
+    command = f'python scripts/convert_original.py {" ".join(sys.argv[1:] if argv is None else argv)}'
+    convert_original(args.checkpoint, args.output, args.model, name=args.name, model_kwargs=model_kwargs,
+                     dataset=args.dataset, results=args.result, command=command, overwrite=args.overwrite)
     print(f'wrote {args.output}')
     return 0
 

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from flexconv_zoo.deploy import add_source_arguments  # noqa: E402
-from flexconv_zoo.evaluation import UserError, run_cli  # noqa: E402
+from flexconv_zoo.cli import UserError, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

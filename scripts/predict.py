@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from flexconv_zoo.evaluation import run_cli  # noqa: E402
+from flexconv_zoo.cli import run_cli  # noqa: E402
 from flexconv_zoo.prediction import predict_main  # noqa: E402
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@
 The Hub cases run in subprocesses (tests/hub_server.py) because huggingface_hub reads its environment when imported;
 each asserts the outcome and an upper bound on the wait. The stand-in serves the shipped hub_configs folders (the
 bytes that will be published); damaged variants and the flexnet8 fixture (random, seeded weights written by
-:func:`flexconv_zoo.hub.write_hub_folder`) live in tmp_path only.
+:func:`flexconv_zoo.hub_folder.write_hub_folder`) live in tmp_path only.
 """
 import json
 import os
@@ -20,11 +20,13 @@ import torch
 from huggingface_hub import ModelCard
 
 import flexconv_zoo  # noqa: F401
-from flexconv_zoo.hub import (
-    CardInfo, EvalRow, HubFolderError, PretrainedWeightsError, create_model_for_tag, pretrained_tags,
-    read_card_results, validate_hub_folder, write_hub_folder,
+from flexconv_zoo.hub_folder import (
+    HubFolderError, create_model_for_tag, pretrained_tags, validate_hub_folder, write_hub_folder,
 )
-from flexconv_zoo.loading import READ_TIMEOUT, SHIPPED_ROOT, file_sha256, sha256_note, weights_sha256
+from flexconv_zoo.loading import (
+    READ_TIMEOUT, SHIPPED_ROOT, PretrainedWeightsError, file_sha256, sha256_note, weights_sha256,
+)
+from flexconv_zoo.model_card import CardInfo, EvalRow, read_card_results
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = {tag: REPO / 'hub_configs' / tag for tag in pretrained_tags() if (REPO / 'hub_configs' / tag).is_dir()}
@@ -328,7 +330,8 @@ def test_nan_weights_are_refused(small_folder, tmp_path):
     msg = _timed_error(lambda: timm.create_model(f'local-dir:{copy}', pretrained=True))
     assert str(copy / 'model.safetensors') in msg and 'NaN' in msg and 'blocks.1.conv1.kernel_net.output.weight' in msg
     # training / evaluation read checkpoints with the same checks (train.py --initial-checkpoint, validate.py)
-    from flexconv_zoo.evaluation import UserError, load_weights
+    from flexconv_zoo.checkpoints import load_weights
+    from flexconv_zoo.cli import UserError
     with pytest.raises(UserError, match='non-finite.*blocks.1.conv1.kernel_net.output.weight'):
         load_weights(timm.create_model('flexnet8'), copy / 'model.safetensors')
 

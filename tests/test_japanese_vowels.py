@@ -16,7 +16,7 @@ from flexconv_zoo.data.datasets import (
     BUNDLED_UEA_DIR, DataNotFoundError, find_japanese_vowels, load_japanese_vowels, read_ts_file,
 )
 from flexconv_zoo.evaluation import evaluate
-from flexconv_zoo.hub import read_card_results
+from flexconv_zoo.model_card import read_card_results
 
 REPO = Path(__file__).resolve().parent.parent
 TAG = 'flextcn4.japanese_vowels'

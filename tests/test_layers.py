@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from flexconv_zoo.layers import (
     KERNEL_NETS, FlexConv1d, FlexConv2d, GaussianMask, conv_direct, conv_fft, create_kernel_net, next_fast_len,
 )
-from flexconv_zoo.layers.resolution import crop_extent_causal, crop_extent_centered, grid_size_for_input
+from flexconv_zoo.layers.crop import crop_extent_causal, crop_extent_centered
+from flexconv_zoo.layers.resolution import grid_size_for_input
 
 THRESHOLD_RADIUS = math.sqrt(-2 * math.log(0.1))
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import flexconv_zoo  # noqa: F401  (registers the models)
 from flexconv_zoo.data.batch_augment import BatchAugment, InMemoryBatches, _seed
-from flexconv_zoo.evaluation import UserError, run_cli
+from flexconv_zoo.cli import UserError, run_cli
 from flexconv_zoo.progressive import Stage, parse_size_schedule, size_at_epoch, stage_start_epochs
 from flexconv_zoo.training import train_main
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 import flexconv_zoo  # noqa: F401  (registers the models)
 from flexconv_zoo.data.datasets import CIFAR10_CLASSES
-from flexconv_zoo.evaluation import run_cli
+from flexconv_zoo.cli import run_cli
 from flexconv_zoo.prediction import predict_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def test_predicts_cifar10_test_images_with_their_labels(capsys):
     rows = predict_main(['--checkpoint', str(ALIAS_FREE), '--count', '10'])
     assert len(rows) == 10 and all(r['label'] in CIFAR10_CLASSES for r in rows)
     correct = sum(r['top'][0][0] == r['label'] for r in rows)
-    assert correct >= 5  # a 78 % model; 10 images spread over the 10 classes
+    assert correct >= 5  # 71.25 % test top-1 at 16 px (its model card); 10 images spread over the 10 classes
     assert f"top-1 correct: {correct}/10" in capsys.readouterr().out
 
 

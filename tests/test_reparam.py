@@ -83,6 +83,20 @@ def test_reparameterized_keeps_the_timm_api(one_thread):
     assert model.stem.conv.is_reparameterized is False  # reparameterize_model works on a copy by default
 
 
+@pytest.mark.parametrize('name,kwargs,first_conv', [
+    ('flexnet8', dict(img_size=16), 'stem.conv'),
+    ('flextcn2', dict(seq_len=30, in_chans=1), 'blocks.0.conv1'),
+])
+def test_deploy_reparameterize_points_first_conv_at_the_fixed_conv(one_thread, name, kwargs, first_conv):
+    """The cfg's first_conv names a kernel net output, which reparameterization removes: it then names the conv."""
+    model = timm.create_model(name, **kwargs).eval()
+    assert model.pretrained_cfg['first_conv'] == f'{first_conv}.kernel_net.output'
+    fixed = deploy.reparameterize(model)
+    assert fixed.pretrained_cfg['first_conv'] == fixed.default_cfg['first_conv'] == first_conv
+    assert fixed.get_submodule(first_conv).is_reparameterized
+    assert model.pretrained_cfg['first_conv'] == f'{first_conv}.kernel_net.output'  # the original is untouched
+
+
 @pytest.mark.parametrize('name,shape', [('flexnet8', (2, 3, 16, 16)), ('flextcn2', (2, 1, 1, 30))])
 def test_reparameterized_features_only(one_thread, name, shape):
     kwargs = dict(img_size=16) if name.startswith('flexnet') else dict(seq_len=30, in_chans=1)

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 import flexconv_zoo  # noqa: F401  (registers the models)
 from conftest import write_image_folder
-from flexconv_zoo.evaluation import run_cli
-from flexconv_zoo.training import param_groups, rebase_input_size, train_main
+from flexconv_zoo.cli import run_cli
+from flexconv_zoo.training import param_groups, train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / 'scripts' / 'train.py')
@@ -169,7 +169,7 @@ def test_rebase_keeps_the_function():
     x = torch.randn(2, 3, 24, 24)
     model.set_input_size(img_size=24)
     ref = model(x)
-    rebase_input_size(model, img_size=24)
+    model.rebase_input_size(24)
     assert model.img_size == (24, 24) and all(l.source_grid == (25, 25) for l in model.flexconv_layers())
     assert torch.allclose(model(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 

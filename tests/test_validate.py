@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 import flexconv_zoo  # noqa: F401  (registers the models)
-from flexconv_zoo.evaluation import run_cli, validate_main
+from flexconv_zoo.cli import run_cli
+from flexconv_zoo.evaluation import validate_main
 from flexconv_zoo.training import train_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +109,8 @@ def test_script_paper_protocol_one_command(trained, tmp_path):
 def test_flip_tta_next_to_single_view(trained, capsys):
     import torch
     from flexconv_zoo.data import create_datasets, eval_transform_for
-    from flexconv_zoo.evaluation import evaluate, load_model
+    from flexconv_zoo.checkpoints import load_model
+    from flexconv_zoo.evaluation import evaluate
     run, data = trained
     model = load_model(str(run), None, {}, None, False)
     test = create_datasets(str(data), None, val_size=6).test

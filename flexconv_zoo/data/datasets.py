@@ -29,13 +29,15 @@ import sys
 import tarfile
 import wave
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from ..constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = [
     'DataSplits', 'ArrayDataset', 'SplitView', 'create_datasets', 'DataNotFoundError', 'DataError', 'default_data_dirs',
@@ -45,8 +47,6 @@ __all__ = [
     'holdout_split', 'DATASETS', 'CIFAR10_CLASSES', 'SPEECH_COMMANDS_WORDS',
 ]
 
-CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 SPEECH_COMMANDS_WORDS = ('yes', 'no', 'up', 'down', 'left', 'right', 'on', 'off', 'stop', 'go')
 CIFAR10_TARBALL = 'cifar10_jpg_q75.tar.gz'
@@ -172,7 +172,6 @@ class DataSplits:
     mean: Optional[Tuple[float, ...]] = None
     std: Optional[Tuple[float, ...]] = None
     source: str = ''
-    extra: Dict[str, str] = field(default_factory=dict)
 
     def set_transforms(self, train: Optional[Callable], eval: Optional[Callable]) -> None:
         self.train.transform = train
@@ -332,11 +331,11 @@ def _find_cifar10(data_dir: Optional[Path]) -> Tuple[str, Path]:
 
 # ---------------------------------------------------------------------------------------------- ImageFolder
 def _folder_samples(root: Path, classes: Sequence[str]) -> List[Tuple[str, int]]:
-    samples = []
-    for target, cls in enumerate(classes):
-        files = sorted(p for p in (root / cls).rglob('*') if p.suffix.lower() in IMAGE_EXTENSIONS)
-        samples += [(str(p), target) for p in files]
-    return samples
+    """``(path, class index)`` of every image under ``root/<class>/`` (torchvision's ImageFolder scan); empty
+    classes are allowed here and reported by the caller with a message that says what to do."""
+    from torchvision.datasets.folder import make_dataset
+    return make_dataset(str(root), {cls: i for i, cls in enumerate(classes)}, extensions=IMAGE_EXTENSIONS,
+                        allow_empty=True)
 
 
 def load_image_folder(root: Path) -> Tuple[Dict[str, _FolderImages], Tuple[str, ...]]:
@@ -449,8 +448,7 @@ def _mfcc(audio: torch.Tensor) -> torch.Tensor:
     return mfcc(audio).squeeze(1) if audio.dim() == 3 else mfcc(audio)
 
 
-def load_speech_commands(root: Optional[Path] = None, mfcc: bool = False,
-                         cache_dir: Optional[Path] = None) -> Tuple[np.ndarray, np.ndarray]:
+def load_speech_commands(root: Optional[Path] = None, mfcc: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """All clips of the 10 command words, zero-padded to 16,000 samples: ``(N, 1, 16000)`` (raw) or
     ``(N, 20, 161)`` (MFCC). ``root`` holds ``SpeechCommands/speech_commands_v0.02/<word>/*.wav``
     (torchaudio's layout), ``speech_commands_v0.02/<word>/`` or the word folders themselves."""
@@ -673,7 +671,7 @@ def _load(name: str, data_dir: Optional[Path], cache_dir, val_size: int, seed: i
                                 min(val_size, 500), seed, num_classes=10, in_chans=1, kind='sequence',
                                 native_size=(40,))
     if key in ('speech_commands', 'speech_commands_raw'):
-        x, y = load_speech_commands(data_dir, mfcc=key == 'speech_commands', cache_dir=cache_dir)
+        x, y = load_speech_commands(data_dir, mfcc=key == 'speech_commands')
         return _from_all(key, ArrayDataset(x, y), seed, num_classes=10, in_chans=x.shape[1], kind='sequence',
                          native_size=(x.shape[2],), class_names=SPEECH_COMMANDS_WORDS)
     if key == 'character_trajectories':

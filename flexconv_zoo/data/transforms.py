@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 from torchvision.transforms import v2
 
+from ..models import FlexConvModelMixin
+
 __all__ = [
     'create_train_transform', 'create_eval_transform', 'eval_transform_for', 'model_input_size',
     'check_model_input_size', 'spatial_size',
@@ -98,17 +100,10 @@ def model_input_size(model: nn.Module) -> Tuple[int, ...]:
     if 'input_size' not in cfg:
         raise ValueError(f"{type(model).__name__} has no pretrained_cfg['input_size'] to build transforms from.")
     input_size = tuple(int(s) for s in cfg['input_size'])
-    layers = list(model.flexconv_layers()) if hasattr(model, 'flexconv_layers') else []
-    if layers:
-        from ..layers.resolution import grid_size_for_input
-        layer = layers[0]
-        spatial = input_size[1:] if layer.dim == 2 else input_size[-1:]
-        expected = grid_size_for_input(spatial, layer.dim, causal=layer.causal)
-        stale = [tuple(lyr.grid) for lyr in layers if tuple(lyr.grid) != expected]
-        if stale:
-            raise ValueError(
-                f"{type(model).__name__}'s data config says input size {spatial} (kernel grid {expected}) but its "
-                f"kernels are sampled on grid {stale[0]}; call model.set_input_size(...) so both agree.")
+    if isinstance(model, FlexConvModelMixin) and tuple(model.input_size) != input_size:
+        raise ValueError(
+            f"{type(model).__name__}'s data config says input size {input_size[1:]} but its kernels are sampled for "
+            f"{tuple(model.input_size)[1:]}; call model.set_input_size(...) so both agree.")
     return input_size
 
 

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    'next_fast_len', 'fft_length', 'conv_direct', 'conv_fft', 'conv_nd', 'choose_conv_method',
+    'next_fast_len', 'fft_length', 'kernel_bucket', 'conv_direct', 'conv_fft', 'conv_nd', 'choose_conv_method',
     'select_conv_method', 'set_autotune', 'autotune_enabled', 'clear_autotune_cache', 'autotune_cache',
     'CONV_METHODS', 'FFT_THRESHOLDS',
 ]
@@ -58,9 +58,11 @@ __all__ = [
 CONV_METHODS = ('auto', 'direct', 'fft')
 
 # Fallback when the choice cannot be measured: kernel size (taps along the longest dimension) from which
-# the FFT is used. CPU rows measured on a 2-core CPU at batch 64 with this file's FFT path (training step,
-# see docs/PERFORMANCE.md); CUDA rows from an H100 (GUIDE §7: cuDNN falls behind from k ~ 13 in training,
-# a causal kernel of the sequence's length from a few hundred steps).
+# the FFT is used. ('cpu', 2) is the crossover measured on a 2-core CPU (training step of one 48->48 conv
+# on 32x32, batch 16: direct fastest up to 7x7, the FFT from 9x9; docs/PERFORMANCE.md). ('cpu', 1) is
+# conservative: those measurements (30->30 causal, batch 4) had the FFT ahead already at 64 taps, the
+# smallest 1-D size timed. The CUDA rows are estimates, not measurements: no GPU has been measured in this
+# project (FLEXCONV_AUTOTUNE=1 times both paths on the hardware at hand).
 FFT_THRESHOLDS = {
     ('cpu', 2): 9,
     ('cuda', 2): 13,
@@ -403,11 +405,15 @@ def autotune_cache() -> Dict[tuple, str]:
     return dict(_AUTOTUNE_CACHE)
 
 
-def _kernel_bucket(k: int) -> int:
-    """Kernels within ~10 % of each other share a measurement (sizes grow slowly during training)."""
+def kernel_bucket(k: int) -> int:
+    """The kernel length ``k`` rounded up to an eighth-octave step (exact up to 16: 16, 18, 20, 21, 23, ...).
+
+    Kernels within ~10 % of each other share an autotune measurement, and the lagged crop of a long causal
+    kernel changes shape only when it crosses a step (sizes grow slowly during training).
+    """
     if k <= 16:
         return k
-    return int(round(2 ** (math.ceil(8 * math.log2(k)) / 8)))  # eighth-octave steps: 17, 18, 20, 22, ...
+    return int(math.ceil(2 ** (math.ceil(8 * math.log2(k)) / 8)))
 
 
 def _is_fx_tracing() -> bool:
@@ -498,7 +504,7 @@ def select_conv_method(x: torch.Tensor, weight: torch.Tensor, causal: bool = Fal
     dev = x.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.result_type(x, weight)
     key = (
-        x.device.type, x.device.index, len(kernel_size), tuple(_kernel_bucket(k) for k in kernel_size),
+        x.device.type, x.device.index, len(kernel_size), tuple(kernel_bucket(k) for k in kernel_size),
         tuple(x.shape[2:]), x.shape[1], weight.shape[0], x.shape[0], dtype, causal, needs_grad,
         _is_channels_last(x),
     )

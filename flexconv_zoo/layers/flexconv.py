@@ -13,41 +13,42 @@ data itself was resampled (a 16 px model fed 32 px images): the continuous kerne
 grid of the new size and scaled by ``(src / tgt)^D``, the paper's protocol. With ``follow_input_size=True``
 every forward does this for the size of its input.
 
-In eval mode the cropped, masked kernel is cached and reused until a parameter changes (in place or by
-replacement), the sampling grid changes, the module moves (``.to``), a state dict is loaded, or the layer
-returns to train mode. In-place edits through ``.data`` bypass version counters: call
-:meth:`FlexConvNd.clear_kernel_cache` after those.
+In eval mode the cropped, masked kernel is cached (:class:`.kernel_cache.KernelCache`) and reused until a
+parameter changes (in place or by replacement), the sampling grid changes, the module moves (``.to``), a state
+dict is loaded, or the layer returns to train mode. In-place edits through ``.data`` bypass version counters:
+call :meth:`FlexConvNd.clear_kernel_cache` after those.
 
-The crop is a shape, so deciding it reads the mask parameters on the host. ``crop_mode`` picks how:
+The crop is a shape, so deciding it reads the mask parameters on the host. ``crop_mode`` picks how
+(the rule is :mod:`.crop`'s, used through :class:`.mask.GaussianMask`):
 
 * ``'exact'`` (CPU default): read them every forward (free on CPU, a device sync on a GPU);
 * ``'lagged'`` (CUDA default): read a copy made asynchronously one forward earlier, widen it by a margin and
   round it up to a few bucket sizes, then zero the taps outside the exact crop with a 0/1 indicator computed
-  on the device. Outputs and gradients equal the exact crop's as long as the crop moves less than the margin
-  per step; a device-side flag reports (one step late) when it did not and the margin doubles;
+  on the device (:class:`.crop.LaggedCrop`). Outputs and gradients equal the exact crop's as long as the crop
+  moves less than the margin per step; a device-side flag reports (one step late) when it did not and the
+  margin doubles;
 * ``'full'`` (under ``torch.compile`` / export): no host read at all: the whole grid times the indicator.
   Same function, no graph breaks, but the convolution always costs the full kernel size.
+
+The alias-free regulariser (:meth:`FlexConvNd.frequency_penalty`, :meth:`FlexConvNd.band_limit_`) is
+:mod:`.alias_free`'s.
 """
-import math
-import warnings
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from . import alias_free
+from .config import FlexConvConfig
+from .crop import CROP_MODES, LaggedCrop, resolve_crop_mode
 from .dftconv import conv_dft_matmul
 from .fftconv import CONV_METHODS, _direct, _padding, conv_nd
+from .kernel_cache import KernelCache
 from .kernelnet import create_kernel_net
 from .mask import GaussianMask
-from .resolution import (
-    MIN_INPUT_SIZE, check_size, crop_extent_causal, crop_extent_centered, grid_positions, grid_size_for_input,
-    sampling_rate_scale, threshold_radius, to_tuple,
-)
+from .resolution import MIN_INPUT_SIZE, check_size, grid_size_for_input, sampling_rate_scale, to_tuple
 
 __all__ = ['FlexConvNd', 'FlexConv1d', 'FlexConv2d', 'CROP_MODES']
-
-# How the crop (an integer shape) is decided, see FlexConvNd.crop_mode.
-CROP_MODES = ('auto', 'exact', 'lagged', 'full')
 
 
 def _clear_cache_after_load(module: nn.Module, incompatible_keys: Any) -> None:
@@ -72,20 +73,13 @@ class FlexConvNd(nn.Module):
     Args:
         in_channels: Channels of the input.
         out_channels: Channels of the output.
-        kernel_size: Points per dimension of the sampling grid, i.e. the largest kernel (paper's horizon).
+        kernel_size: Points per dimension of the sampling grid: the size of the full, uncropped kernel (paper's
+            horizon), as in ``nn.Conv2d``; the mask crops it to :attr:`cropped_kernel_size`.
         bias: Add a learnable bias (initialised to zero).
         dim: 1 or 2.
         causal: Causal 1-D convolution (kernel position +1 touches the current step); otherwise "same".
-        kernel_net: Kernel network name: 'magnet' (paper), 'gabor', 'fourier', 'siren' or 'mlp'.
-        kernel_hidden: Hidden width of the kernel network (paper: 32).
-        kernel_layers: Hidden layers of the kernel network (paper: 3, i.e. 4 Gabor filters).
-        kernel_input_scale: Frequency scale of the first layers (paper: 25.6).
-        kernel_init_spatial: Range of the Gabor centres at init; defaults to 1.667 * mask_init_sigma.
-        mask_init_mean: Initial mask centre (default 1.0 if causal else 0.0).
-        mask_init_sigma: Initial mask width (paper: 0.075).
-        mask_threshold: Mask value where the kernel is cropped (paper: 0.1).
-        conv_method: 'auto' (by kernel size and device), 'direct' or 'fft'.
-        follow_input_size: Resample the kernel to every input's size instead of keeping the grid.
+        config: The kernel net, mask and convolution options (:class:`FlexConvConfig`); its fields may also be
+            given as keyword arguments (``kernel_net='siren'``), which update ``config``.
     """
 
     def __init__(
@@ -97,21 +91,15 @@ class FlexConvNd(nn.Module):
             *,
             dim: int = 2,
             causal: bool = False,
-            kernel_net: str = 'magnet',
-            kernel_hidden: int = 32,
-            kernel_layers: int = 3,
-            kernel_input_scale: float = 25.6,
-            kernel_init_spatial: Optional[float] = None,
-            mask_init_mean: Optional[float] = None,
-            mask_init_sigma: float = 0.075,
-            mask_threshold: float = 0.1,
-            conv_method: str = 'auto',
-            follow_input_size: bool = False,
+            config: Optional[FlexConvConfig] = None,
             device=None,
             dtype=None,
+            **options: Any,
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
+        config = FlexConvConfig.from_kwargs(type(self).__name__, config, **options)
+        conv_method = config.conv_method
         for name, value in (('in_channels', in_channels), ('out_channels', out_channels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
@@ -129,37 +117,30 @@ class FlexConvNd(nn.Module):
         self.dim = dim
         self.causal = causal
         self.conv_method = conv_method
-        self.follow_input_size = follow_input_size
+        self.follow_input_size = config.follow_input_size
         self.source_grid: Tuple[int, ...] = kernel_size  # the grid the kernel is trained on
         self.grid: Tuple[int, ...] = kernel_size  # the grid it is sampled on now
 
-        if kernel_init_spatial is None:
-            # Gabor centres start inside the initial mask (original code: 1.667 * mask width).
-            kernel_init_spatial = 1.667 * mask_init_sigma
         self.kernel_net = create_kernel_net(
-            kernel_net, dim, out_channels * in_channels,
-            hidden=kernel_hidden, num_layers=kernel_layers, input_scale=kernel_input_scale,
-            init_spatial=kernel_init_spatial, **dd,
+            config.kernel_net, dim, out_channels * in_channels,
+            hidden=config.kernel_hidden, num_layers=config.kernel_layers, input_scale=config.kernel_input_scale,
+            init_spatial=config.gabor_init_spatial, **dd,
         )
         self.mask = GaussianMask(
-            dim, causal=causal, init_mean=mask_init_mean, init_sigma=mask_init_sigma,
-            threshold=mask_threshold, **dd,
+            dim, causal=causal, init_mean=config.mask_init_mean, init_sigma=config.mask_init_sigma,
+            threshold=config.mask_threshold, **dd,
         )
         self.bias = nn.Parameter(torch.zeros(out_channels, **dd)) if bias else None
-        self.crop_mode = 'auto'
-        self._cached_kernel: Optional[torch.Tensor] = None
-        self._cache_key = None
-        self._positions: Dict[tuple, torch.Tensor] = {}  # constant grids, per (window, device, dtype)
-        self._lag_buffer: Optional[torch.Tensor] = None  # host copy of (mean, sigma, overflow) per dim
-        self._lag_event = None
-        self._lag_window = None  # (mask parameter versions, grid) -> window of the last lagged forward
-        self._lag_margin = 1.0  # in grid steps (centred) / fraction of 1 % of the domain (causal), doubles
+        self.crop_mode = 'auto'  # one of CROP_MODES, see the module docstring
+        self._kernel_cache = KernelCache()
+        self._lagged_crop = LaggedCrop(type(self).__name__)
         self.register_load_state_dict_post_hook(_clear_cache_after_load)  # a function, not a lambda: picklable
 
     # ------------------------------------------------------------------ resolution
     @property
     def kernel_size(self) -> Tuple[int, ...]:
-        """The current sampling grid (largest kernel); the cropped size is :attr:`cropped_kernel_size`."""
+        """Size of the full, uncropped kernel, as in ``nn.Conv2d``: the current sampling grid :attr:`grid` (the
+        constructor's ``kernel_size`` until resampled). The mask crops it to :attr:`cropped_kernel_size`."""
         return self.grid
 
     @property
@@ -194,146 +175,18 @@ class FlexConvNd(nn.Module):
     # ------------------------------------------------------------------ kernel
     def clear_kernel_cache(self) -> None:
         """Drop the cached eval kernel, grids and the lagged copy of the mask parameters."""
-        self._cached_kernel = None
-        self._cache_key = None
-        self._positions = {}
-        self._lag_buffer = None
-        self._lag_event = None
-        self._lag_window = None
+        self._kernel_cache.clear()
+        self._lagged_crop.clear()
 
-    def __getstate__(self) -> Dict[str, Any]:
-        # pickle / torch.save / deepcopy keep the definition, not the caches (a CUDA event does not pickle)
-        state = self.__dict__.copy()
-        state.update(_cached_kernel=None, _cache_key=None, _positions={}, _lag_buffer=None, _lag_event=None,
-                     _lag_window=None)
-        return state
+    @property
+    def _cached_kernel(self) -> Optional[torch.Tensor]:
+        """The cached eval kernel, or None."""
+        return self._kernel_cache.kernel
 
     def _apply(self, fn, *args, **kwargs):
         # .to(device/dtype), .cuda(), .half(): every cached tensor lives on the old device or dtype.
         self.clear_kernel_cache()
         return super()._apply(fn, *args, **kwargs)
-
-    def _resolve_crop_mode(self, device: torch.device) -> str:
-        if self.crop_mode not in CROP_MODES:
-            raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}.")
-        if device.type == 'meta' or torch.compiler.is_compiling():
-            return 'full'  # nothing to read on the host (meta) or reading it would break the graph
-        if self.crop_mode != 'auto':
-            return self.crop_mode
-        return 'lagged' if device.type == 'cuda' else 'exact'
-
-    def _grid_positions(self, grid, start, length, device, dtype) -> torch.Tensor:
-        key = (tuple(grid), tuple(start), tuple(length), device, dtype)
-        positions = self._positions.get(key)
-        if positions is None or torch.compiler.is_compiling():
-            positions = grid_positions(grid, start, length, device=device, dtype=dtype)
-            if not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled():
-                self._positions[key] = positions
-        return positions
-
-    def _exact_window(self, grid: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """First and one-past-last kept index per dimension, on the device: the host crop rule, in float64."""
-        mask = self.mask
-        radius = threshold_radius(mask.threshold)
-        wide = torch.float32 if mask.sigma.device.type == 'mps' else torch.float64
-        with torch.no_grad():
-            mean, sigma = mask.mean.detach().to(wide), mask.sigma.detach().to(wide)
-            half_width = sigma.abs().clamp_min(mask.eps) * radius
-            size = torch.tensor(grid, device=mean.device, dtype=wide)
-            half = (size - 1) / 2
-            if self.causal:
-                root = mean - half_width
-                start = torch.floor((root + 1.0) * half + 1e-9) + 1
-                start = torch.minimum(start, size - 1)
-                start = torch.where((root <= -1.0) | (root >= 1.0), torch.zeros_like(start), start)
-                end = size
-            else:
-                root = torch.maximum((mean - half_width).abs(), (mean + half_width).abs())
-                start = torch.floor((1.0 - root) * half + 1e-9) + 1
-                start = torch.minimum(start, torch.floor((size - 1) / 2))
-                start = torch.where(root >= 1.0, torch.zeros_like(start), start)
-                end = size - start
-        return start, end
-
-    def _indicator(self, grid, start: Sequence[int], length: Sequence[int]):
-        """0/1 weights of the window ``start, length`` that zero the taps outside the exact crop, and a flag
-        that is 1 where the exact crop reaches outside the window (the lagged bucket was too small)."""
-        lo, hi = self._exact_window(grid)
-        with torch.no_grad():
-            ind, overflow = None, []
-            for d, (s, n) in enumerate(zip(start, length)):
-                idx = torch.arange(s, s + n, device=lo.device, dtype=lo.dtype)
-                keep = ((idx >= lo[d]) & (idx < hi[d])).to(self.mask.sigma.dtype)
-                ind = keep if ind is None else ind[..., None] * keep
-                overflow.append((lo[d] < s) | (hi[d] > s + n))
-            return ind, torch.stack(overflow).to(torch.float32)
-
-    def _lagged_window(self, grid: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-        """Bucketed crop from a copy of the mask parameters made one forward earlier (no device sync).
-
-        Until the mask parameters change, every forward reuses the last window: a gradient-checkpointing
-        recomputation must see the crop of its original forward, not the copy that forward has since recorded.
-        """
-        mask = self.mask
-        key = (tuple(grid), *((p.data_ptr(), p._version) for p in (mask.mean, mask.sigma)))
-        if self._lag_window is not None and self._lag_window[0] == key:
-            return self._lag_window[1]
-        window = self._read_lagged_window(grid)
-        self._lag_window = (key, window)
-        return window
-
-    def _read_lagged_window(self, grid: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-        mask = self.mask
-        buf, event = self._lag_buffer, self._lag_event
-        if buf is None:
-            values = torch.stack([mask.mean.detach(), mask.sigma.detach()]).float().cpu()  # one sync, first call
-            buf = torch.zeros(3, self.dim, pin_memory=mask.sigma.device.type == 'cuda')
-            buf[:2] = values
-            self._lag_buffer = buf
-        elif event is not None:
-            event.synchronize()  # waits, at most, for the previous forward's copy (host stays a step ahead)
-        mean, sigma, overflow = buf.tolist()
-        if any(overflow):
-            self._lag_margin *= 2
-            warnings.warn(
-                f"{type(self).__name__}: the mask grew past the lagged crop in one step; the margin is now "
-                f"{self._lag_margin:g} and one step used a slightly smaller kernel than the exact crop.")
-        radius = threshold_radius(mask.threshold)
-        starts, lengths = [], []
-        for m, s, k in zip(mean, sigma, grid):
-            half_width = max(abs(s), mask.eps) * radius
-            step = 2.0 / (k - 1)
-            if self.causal:
-                margin = self._lag_margin * max(step, 0.01)
-                # min with the unwidened crop: the rule keeps everything when the root passes +1 (not monotone)
-                start = min(crop_extent_causal(m - half_width, k)[0], crop_extent_causal(m - half_width - margin, k)[0])
-                length = k - start
-                # Geometric buckets (eighth octaves) for long causal kernels, exact below 16 taps.
-                length = k if length >= k else min(k, length if length <= 16 else
-                                                   int(math.ceil(2 ** (math.ceil(8 * math.log2(length)) / 8))))
-                start = k - length
-            else:
-                margin = self._lag_margin * step
-                root = max(abs(m - half_width), abs(m + half_width)) + margin
-                start, _ = crop_extent_centered(root, k)
-                start = (start // 2) * 2  # lengths grow in steps of 4: 5, 9, 13, ... on a 33 grid
-                length = k - 2 * start
-            starts.append(start)
-            lengths.append(length)
-        return tuple(starts), tuple(lengths)
-
-    def _record_lag(self, overflow: torch.Tensor) -> None:
-        """Start the asynchronous copy of the current mask parameters (read by the next forward)."""
-        buf, mask = self._lag_buffer, self.mask
-        device = mask.sigma.device
-        if buf is None or (device.type == 'cuda' and torch.cuda.is_current_stream_capturing()):
-            return
-        with torch.no_grad():
-            values = torch.cat([mask.mean.detach()[None], mask.sigma.detach()[None], overflow[None]]).float()
-            buf.copy_(values, non_blocking=device.type == 'cuda')
-        if device.type == 'cuda':
-            self._lag_event = torch.cuda.Event()
-            self._lag_event.record()
 
     def compute_kernel(self, grid: Optional[Sequence[int]] = None, crop_mode: Optional[str] = None) -> torch.Tensor:
         """The masked, cropped kernel on ``grid`` (default: the current grid), ``(out, in, *crop)``.
@@ -343,15 +196,15 @@ class FlexConvNd(nn.Module):
         """
         grid = self.grid if grid is None else tuple(grid)
         ref = self.mask.sigma
-        mode = self._resolve_crop_mode(ref.device) if crop_mode is None or ref.is_meta else crop_mode
+        mode = resolve_crop_mode(self.crop_mode, ref.device) if crop_mode is None or ref.is_meta else crop_mode
         indicator = overflow = None
         if mode == 'exact':
             start, length = self.mask.crop(grid)
         else:
-            start, length = self._lagged_window(grid) if mode == 'lagged' else ((0,) * self.dim, grid)
+            start, length = self._lagged_crop.window(self.mask, grid) if mode == 'lagged' else ((0,) * self.dim, grid)
             if not ref.is_meta:  # meta: no values, and the output shape does not depend on the crop
-                indicator, overflow = self._indicator(grid, start, length)
-        positions = self._grid_positions(grid, start, length, ref.device, ref.dtype)
+                indicator, overflow = self.mask.indicator(grid, start, length)
+        positions = self._kernel_cache.positions(grid, start, length, ref.device, ref.dtype)
         values = self.kernel_net(positions)  # (P, out * in)
         weight = values.t().reshape(self.out_channels, self.in_channels, *length)
         mask = self.mask(positions).reshape(*length)
@@ -361,13 +214,8 @@ class FlexConvNd(nn.Module):
         if scale != 1.0:
             mask = mask * scale
         if mode == 'lagged':
-            self._record_lag(overflow)
+            self._lagged_crop.record(self.mask, overflow)
         return weight * mask
-
-    def _kernel_cache_key(self, grid: Tuple[int, ...]):
-        params = tuple((p.device, p.dtype, p.data_ptr(), p._version) for p in self.parameters())
-        # An inference-mode kernel cannot join autograd later; keep it apart from ordinary no_grad kernels.
-        return grid, self.source_grid, torch.is_inference_mode_enabled(), params
 
     def _use_cache(self) -> bool:
         if self.training or torch.compiler.is_compiling() or self.mask.sigma.is_meta:
@@ -376,20 +224,18 @@ class FlexConvNd(nn.Module):
         return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
 
     def get_kernel(self, grid: Tuple[int, ...]) -> torch.Tensor:
+        """The kernel a forward on ``grid`` uses: the weight once reparameterized, else the cached eval kernel
+        (computed once with the exact crop: smallest kernel, one host read) or :meth:`compute_kernel`."""
         if self.is_reparameterized:
             return self.weight
         if not self._use_cache():
-            self._cached_kernel = None
+            self._kernel_cache.kernel = None
             return self.compute_kernel(grid)
-        key = self._kernel_cache_key(grid)
-        if self._cached_kernel is None or self._cache_key != key:
-            # Computed once: take the exact crop (smallest kernel, one host read).
-            self._cached_kernel = self.compute_kernel(grid, crop_mode='exact')
-            self._cache_key = key
-        return self._cached_kernel
+        return self._kernel_cache.get(grid, self.source_grid, self.parameters(),
+                                      lambda: self.compute_kernel(grid, crop_mode='exact'))
 
     def train(self, mode: bool = True):
-        self._cached_kernel = None
+        self._kernel_cache.kernel = None
         return super().train(mode)
 
     # ------------------------------------------------------------------ deployment
@@ -466,11 +312,11 @@ class FlexConvNd(nn.Module):
             return _conv_for_export(x, weight, bias, self.causal, self.conv_method)
         return conv_nd(x, weight, bias, causal=self.causal, method=self.conv_method)
 
-    # ------------------------------------------------------------------ regularisation
+    # ------------------------------------------------------------------ regularisation (see .alias_free)
     def nyquist_frequency(self) -> float:
         """``f_Nyq = (K - 1) / 4``: the Nyquist frequency of the ``K``-point training grid over ``[-1, 1]``
         (the smallest ``K`` over dimensions)."""
-        return (min(self.source_grid) - 1) / 4
+        return alias_free.nyquist_frequency(self.source_grid)
 
     def _filter_net(self) -> nn.Module:
         if self.is_reparameterized:
@@ -487,25 +333,13 @@ class FlexConvNd(nn.Module):
         ``f_l`` is the largest frequency of Gabor/Fourier filter ``l`` (plus an equal share of the mask's with
         ``include_mask``) and ``f_Nyq`` is :meth:`nyquist_frequency`.
         """
-        freqs = self._filter_net().layer_frequencies()
-        num_filters = freqs.numel()
-        if include_mask:
-            freqs = freqs + self.mask.max_frequency() / num_filters
-        return torch.relu(freqs - self.nyquist_frequency() / num_filters).pow(2).sum()
+        return alias_free.frequency_penalty(self._filter_net(), self.mask, self.nyquist_frequency(), include_mask)
 
-    @torch.no_grad()
     def band_limit_(self, include_mask: bool = False) -> None:
         """Project the kernel net onto the set where :meth:`frequency_penalty` is zero (see
         ``FlexConvModelMixin.band_limit_``); with ``include_mask`` a mask narrower than half the band
         (``1 / (pi sigma) > f_Nyq / 2``) is widened to it first and the kernel net gets what it leaves."""
-        filter_net = self._filter_net()
-        budget = self.nyquist_frequency()
-        if include_mask:
-            sigma = self.mask.sigma  # the mask only reads |sigma|
-            sigma.copy_(sigma.sign().where(sigma != 0, torch.ones_like(sigma)) * sigma.abs().clamp_min(
-                2 / (torch.pi * budget)))
-            budget -= self.mask.max_frequency().item()
-        filter_net.band_limit_(budget)
+        alias_free.band_limit_(self._filter_net(), self.mask, self.nyquist_frequency(), include_mask)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.grid}"

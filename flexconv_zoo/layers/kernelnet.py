@@ -13,15 +13,16 @@ filters are anisotropic Gabor functions::
 The ablation baselines of the paper are selectable by name (:func:`create_kernel_net`):
 ``"magnet"``, ``"gabor"`` (MFN-Gabor, isotropic), ``"fourier"`` (MFN-Fourier), ``"siren"`` and ``"mlp"``.
 """
+import inspect
 import math
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Type
 
 import torch
 import torch.nn as nn
 
 __all__ = [
     'GaborFilter', 'FourierFilter', 'MultiplicativeFilterNet', 'MAGNet', 'GaborNet', 'FourierNet',
-    'SIREN', 'MLPKernelNet', 'create_kernel_net', 'KERNEL_NETS',
+    'SIREN', 'MLPKernelNet', 'create_kernel_net', 'KERNEL_NETS', 'LAYER_OPTIONS',
 ]
 
 
@@ -92,7 +93,7 @@ class GaborFilter(nn.Module):
 class FourierFilter(nn.Module):
     """A sine filter ``sin(V x + c)`` (MFN-Fourier)."""
 
-    def __init__(self, dim: int, hidden: int, input_scale: float, device=None, dtype=None, **_unused_gabor_args):
+    def __init__(self, dim: int, hidden: int, input_scale: float, device=None, dtype=None):
         super().__init__()
         self.input_scale = input_scale
         self.linear = nn.Linear(dim, hidden, device=device, dtype=dtype)
@@ -120,7 +121,13 @@ class FourierFilter(nn.Module):
 
 
 class MultiplicativeFilterNet(nn.Module):
-    """Multiplicative filter network: ``h_l = filter_l(x) * (W_l h_{l-1} + b_l)``, then a linear output."""
+    """Multiplicative filter network: ``h_l = filter_l(x) * (W_l h_{l-1} + b_l)``, then a linear output.
+
+    ``filter_type`` ('gabor' or 'fourier') and ``anisotropic`` default to the class's own: :class:`MAGNet`,
+    :class:`GaborNet` and :class:`FourierNet` fix them.
+    """
+    filter_type: str = 'gabor'
+    anisotropic: bool = True
 
     def __init__(
             self,
@@ -132,13 +139,20 @@ class MultiplicativeFilterNet(nn.Module):
             init_spatial: float = 0.125,
             alpha: float = 6.0,
             beta: float = 1.0,
-            filter_type: str = 'gabor',
-            anisotropic: bool = True,
+            filter_type: Optional[str] = None,
+            anisotropic: Optional[bool] = None,
             device=None,
             dtype=None,
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
+        if type(self) is not MultiplicativeFilterNet and (filter_type, anisotropic) != (None, None):
+            raise TypeError(f"{type(self).__name__} fixes filter_type and anisotropic; use MultiplicativeFilterNet.")
+        filter_type = self.filter_type if filter_type is None else filter_type
+        anisotropic = self.anisotropic if anisotropic is None else anisotropic
+        if filter_type not in ('gabor', 'fourier'):
+            raise ValueError(f"filter_type must be 'gabor' or 'fourier', got {filter_type!r}.")
+        self.filter_type, self.anisotropic = filter_type, anisotropic
         self.dim = dim
         self.out_features = out_features
         self.hidden = hidden
@@ -182,19 +196,19 @@ class MultiplicativeFilterNet(nn.Module):
         return self.output(h)
 
 
-def MAGNet(dim: int, out_features: int, **kwargs) -> MultiplicativeFilterNet:
+class MAGNet(MultiplicativeFilterNet):
     """Multiplicative Anisotropic Gabor Network, the FlexConv kernel network."""
-    return MultiplicativeFilterNet(dim, out_features, filter_type='gabor', anisotropic=True, **kwargs)
+    filter_type, anisotropic = 'gabor', True
 
 
-def GaborNet(dim: int, out_features: int, **kwargs) -> MultiplicativeFilterNet:
+class GaborNet(MultiplicativeFilterNet):
     """MFN-Gabor (isotropic Gabor filters), the paper's MAGNet ablation."""
-    return MultiplicativeFilterNet(dim, out_features, filter_type='gabor', anisotropic=False, **kwargs)
+    filter_type, anisotropic = 'gabor', False
 
 
-def FourierNet(dim: int, out_features: int, **kwargs) -> MultiplicativeFilterNet:
+class FourierNet(MultiplicativeFilterNet):
     """MFN-Fourier: products of sines without Gaussian envelopes."""
-    return MultiplicativeFilterNet(dim, out_features, filter_type='fourier', **kwargs)
+    filter_type = 'fourier'
 
 
 class _Sine(nn.Module):
@@ -206,7 +220,25 @@ class _Sine(nn.Module):
         return torch.sin(self.omega_0 * x)
 
 
-class SIREN(nn.Module):
+class _PointwiseMLP(nn.Module):
+    """``num_layers`` of ``Linear`` + activation from ``dim`` to ``hidden``, then a linear output."""
+
+    def __init__(self, dim: int, out_features: int, hidden: int, num_layers: int,
+                 activation: Callable[[], nn.Module], device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        widths = [dim] + [hidden] * num_layers
+        layers: List[nn.Module] = []
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(fan_in, fan_out, **dd), activation()]
+        self.body = nn.Sequential(*layers)
+        self.output = nn.Linear(hidden, out_features, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.body(x))
+
+
+class SIREN(_PointwiseMLP):
     """SIREN kernel net (Sitzmann et al., 2020): linear layers with ``sin(omega_0 * .)`` activations."""
 
     def __init__(
@@ -218,17 +250,9 @@ class SIREN(nn.Module):
             omega_0: float = 30.0,
             device=None,
             dtype=None,
-            **_unused_mfn_args,
     ):
-        dd = {'device': device, 'dtype': dtype}
-        super().__init__()
+        super().__init__(dim, out_features, hidden, num_layers, lambda: _Sine(omega_0), device=device, dtype=dtype)
         self.omega_0 = omega_0
-        widths = [dim] + [hidden] * num_layers
-        layers: List[nn.Module] = []
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(fan_in, fan_out, **dd), _Sine(omega_0)]
-        self.body = nn.Sequential(*layers)
-        self.output = nn.Linear(hidden, out_features, **dd)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -241,37 +265,15 @@ class SIREN(nn.Module):
             bound = 1.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in) / self.omega_0
             linear.weight.uniform_(-bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.body(x))
 
-
-class MLPKernelNet(nn.Module):
+class MLPKernelNet(_PointwiseMLP):
     """Plain ReLU MLP kernel net (the CKConv baseline without sine activations)."""
 
-    def __init__(
-            self,
-            dim: int,
-            out_features: int,
-            hidden: int = 32,
-            num_layers: int = 3,
-            device=None,
-            dtype=None,
-            **_unused_mfn_args,
-    ):
-        dd = {'device': device, 'dtype': dtype}
-        super().__init__()
-        widths = [dim] + [hidden] * num_layers
-        layers: List[nn.Module] = []
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(fan_in, fan_out, **dd), nn.ReLU()]
-        self.body = nn.Sequential(*layers)
-        self.output = nn.Linear(hidden, out_features, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.body(x))
+    def __init__(self, dim: int, out_features: int, hidden: int = 32, num_layers: int = 3, device=None, dtype=None):
+        super().__init__(dim, out_features, hidden, num_layers, nn.ReLU, device=device, dtype=dtype)
 
 
-KERNEL_NETS: Dict[str, Callable[..., nn.Module]] = {
+KERNEL_NETS: Dict[str, Type[nn.Module]] = {
     'magnet': MAGNet,
     'gabor': GaborNet,
     'fourier': FourierNet,
@@ -280,9 +282,17 @@ KERNEL_NETS: Dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# The options a FlexConv layer builds every kernel net with; each net is given those its constructor takes.
+LAYER_OPTIONS = ('hidden', 'num_layers', 'input_scale', 'init_spatial')
+
+
 def create_kernel_net(name: str, dim: int, out_features: int, **kwargs) -> nn.Module:
-    """Build a kernel network by name (one of :data:`KERNEL_NETS`)."""
+    """Build a kernel network by name (one of :data:`KERNEL_NETS`); options of :data:`LAYER_OPTIONS` that this
+    net does not use (``input_scale`` for a SIREN) are left out, any other unknown option raises."""
     key = name.lower()
     if key not in KERNEL_NETS:
         raise ValueError(f"Unknown kernel_net {name!r}; choose one of {sorted(KERNEL_NETS)}.")
-    return KERNEL_NETS[key](dim, out_features, **kwargs)
+    cls = KERNEL_NETS[key]
+    params = inspect.signature(cls).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in params or k not in LAYER_OPTIONS}
+    return cls(dim, out_features, **kwargs)

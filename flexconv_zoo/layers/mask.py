@@ -6,13 +6,14 @@ The kernel is multiplied by ``w`` and cropped to where ``w`` exceeds ``threshold
 ``s_d * sqrt(-2 ln threshold)`` around ``m_d``. The crop is an integer decision taken without gradient;
 ``m`` and ``s`` learn through the mask values on the kept positions. ``|s|`` is clamped to ``eps`` from
 below, so a width that collapses to zero gives finite gradients instead of the original code's ``inf``.
+The crop rule itself is :func:`.crop.crop_bounds`.
 """
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from .resolution import crop_extent_causal, crop_extent_centered, threshold_radius
+from .crop import crop_bounds, crop_roots
 
 __all__ = ['GaussianMask']
 
@@ -69,24 +70,47 @@ class GaussianMask(nn.Module):
         """Frequency the alias-free regulariser charges the mask with: ``2 max_d(1 / sigma_d) / 2 pi``."""
         return (1.0 / self.effective_sigma()).max() / torch.pi
 
+    @torch.no_grad()
+    def widen_(self, min_sigma: float) -> None:
+        """Raise ``|sigma|`` to at least ``min_sigma``, keeping its sign (the mask only reads ``|sigma|``)."""
+        sigma = self.sigma
+        sigma.copy_(sigma.sign().where(sigma != 0, torch.ones_like(sigma)) * sigma.abs().clamp_min(min_sigma))
+
     def roots(self, mean: Sequence[float], sigma: Sequence[float]) -> Tuple[float, ...]:
         """Per-dimension root used for cropping: the left root (causal) or the largest absolute root."""
-        radius = threshold_radius(self.threshold)
-        out = []
-        for m, s in zip(mean, sigma):
-            half_width = max(abs(s), self.eps) * radius
-            out.append(m - half_width if self.causal else max(abs(m - half_width), abs(m + half_width)))
-        return tuple(out)
+        mean, sigma = (torch.tensor(v, dtype=torch.float64) for v in (mean, sigma))
+        return tuple(crop_roots(mean, sigma, self.causal, self.threshold, self.eps).tolist())
+
+    def bounds(self, mean: torch.Tensor, sigma: torch.Tensor, grid_size: Sequence[int],
+               margin: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The crop rule (:func:`.crop.crop_bounds`) of this mask for the parameter values ``mean, sigma``."""
+        return crop_bounds(mean, sigma, grid_size, self.causal, self.threshold, self.eps, margin)
 
     def crop(self, grid_size: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
         """``(start, length)`` per dimension of the window kept on a grid of ``grid_size`` points.
 
         Reads the parameters on the host once (the crop is a shape, it cannot stay on the device).
         """
-        params = torch.stack([self.mean.detach(), self.sigma.detach()]).float().cpu().tolist()
-        extent = crop_extent_causal if self.causal else crop_extent_centered
-        starts, lengths = zip(*[extent(r, k) for r, k in zip(self.roots(*params), grid_size)])
-        return tuple(starts), tuple(lengths)
+        # float32 values, as in the lagged copy; the rule runs in float64 like the device indicator
+        mean, sigma = torch.stack([self.mean.detach(), self.sigma.detach()]).float().cpu().double()
+        start, end = (t.tolist() for t in self.bounds(mean, sigma, grid_size))
+        return tuple(int(s) for s in start), tuple(int(e - s) for s, e in zip(start, end))
+
+    @torch.no_grad()
+    def indicator(self, grid_size: Sequence[int], start: Sequence[int],
+                  length: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """0/1 weights over the window ``start, length`` that zero the taps outside the exact crop, computed
+        on the device (no sync), and a flag per dimension that is 1 where the exact crop reaches outside the
+        window."""
+        wide = torch.float32 if self.sigma.device.type == 'mps' else torch.float64
+        lo, hi = self.bounds(self.mean.detach().to(wide), self.sigma.detach().to(wide), grid_size)
+        ind, overflow = None, []
+        for d, (s, n) in enumerate(zip(start, length)):
+            idx = torch.arange(s, s + n, device=lo.device, dtype=lo.dtype)
+            keep = ((idx >= lo[d]) & (idx < hi[d])).to(self.sigma.dtype)
+            ind = keep if ind is None else ind[..., None] * keep
+            overflow.append((lo[d] < s) | (hi[d] > s + n))
+        return ind, torch.stack(overflow).to(torch.float32)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """Mask values at ``positions`` of shape ``(P, D)``, returns ``(P,)``."""

@@ -8,16 +8,12 @@ When the same continuous kernel is sampled on a denser grid (a model trained at 
 the kernel is scaled by ``prod_d (K_src,d - 1) / (K_tgt,d - 1)`` so that its sum over the
 denser samples stays comparable (paper: ``(src / tgt)^D``).
 """
-import math
 import numbers
 from typing import Any, Sequence, Tuple, Union
 
 import torch
 
-__all__ = [
-    'grid_size_for_input', 'to_tuple', 'check_size', 'crop_extent_centered', 'crop_extent_causal',
-    'grid_positions', 'sampling_rate_scale', 'threshold_radius', 'MIN_INPUT_SIZE',
-]
+__all__ = ['grid_size_for_input', 'to_tuple', 'check_size', 'grid_positions', 'sampling_rate_scale', 'MIN_INPUT_SIZE']
 
 IntOrSeq = Union[int, Sequence[int]]
 
@@ -59,33 +55,6 @@ def grid_size_for_input(input_size: IntOrSeq, dim: int, causal: bool = False) ->
         raise ValueError(
             f"FlexConv needs at least {MIN_INPUT_SIZE} samples per dimension, got input size {sizes}.")
     return sizes if causal else tuple(2 * (n // 2) + 1 for n in sizes)
-
-
-def threshold_radius(threshold: float) -> float:
-    """Distance from the mean, in units of sigma, where a Gaussian falls to ``threshold``."""
-    return math.sqrt(-2.0 * math.log(threshold))
-
-
-def crop_extent_centered(root: float, grid_size: int) -> Tuple[int, int]:
-    """``(start, length)`` of the symmetric window of a ``grid_size`` grid whose positions lie inside
-    ``(-root, root)``: the 2-D FlexConv crop (paper / original code: ``-root < p`` on the left half)."""
-    if root >= 1.0:
-        return 0, grid_size
-    half = (grid_size - 1) / 2
-    # number of grid points p_i = -1 + i / half with p_i <= -root
-    start = int(math.floor((1.0 - root) * half + 1e-9)) + 1
-    start = min(start, (grid_size - 1) // 2)  # keep at least the centre sample
-    return start, grid_size - 2 * start
-
-
-def crop_extent_causal(root: float, grid_size: int) -> Tuple[int, int]:
-    """``(start, length)`` of the positions ``p > root`` of a ``grid_size`` grid: the 1-D causal crop."""
-    if root <= -1.0 or root >= 1.0:
-        return 0, grid_size
-    half = (grid_size - 1) / 2
-    start = int(math.floor((root + 1.0) * half + 1e-9)) + 1
-    start = min(start, grid_size - 1)  # keep at least the present sample
-    return start, grid_size - start
 
 
 def grid_positions(

@@ -10,7 +10,7 @@ Resolution has one home here. A FlexConv model has two sizes:
 
 Sizes are given as an int, a spatial size, or timm's full ``input_size`` ``(C, H, W)`` (sequences: ``(C, 1, L)``).
 """
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,7 @@ from timm.models._features import feature_take_indices
 from timm.models._input import update_model_input_size
 
 from ..layers import FlexConv1d, FlexConv2d, FlexConvConfig, FlexConvNd
-from ..layers.resolution import check_size, sampling_rate_scale
+from ..layers.resolution import sampling_rate_scale
 from ..loading import build_flexconv_model
 from ._checkpoint import checkpoint_filter_fn
 
@@ -61,6 +61,17 @@ class FlexConvModelMixin:
     def full_input_size(in_chans: int, spatial: Sequence[int]) -> Tuple[int, ...]:
         """Channels and the per-dimension size -> timm's ``input_size``."""
         raise NotImplementedError
+
+    def init_model_attributes(self, widths: Sequence[int], in_chans: int, num_classes: int, drop_rate: float) -> None:
+        """The attributes timm reads on every model, set at the start of ``__init__``."""
+        if not widths:
+            raise ValueError(f"{type(self).__name__} needs at least one residual block (widths is empty).")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        # FlexTCN features come back as (B, C, 1, L) for image-shaped inputs
+        self.output_fmt = 'NCHW'
 
     # ------------------------------------------------------------------ resolution
     @property

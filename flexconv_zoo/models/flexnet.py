@@ -113,13 +113,7 @@ class FlexNet(FlexConvModelMixin, nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        if not widths:
-            raise ValueError("FlexNet needs at least one residual block (widths is empty).")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
-        self.output_fmt = 'NCHW'
+        self.init_model_attributes(widths, in_chans, num_classes, drop_rate)
 
         conv_layer = partial(FlexConv2d, config=flexconv_options('FlexNet', config, flexconv_args))
         self.stem = FlexStem(in_chans, widths[0], conv_layer, **dd)

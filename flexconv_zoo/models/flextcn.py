@@ -150,13 +150,7 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        if not widths:
-            raise ValueError("FlexTCN needs at least one residual block (widths is empty).")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
-        self.output_fmt = 'NCHW'  # features come back as (B, C, 1, L) for image-shaped inputs
+        self.init_model_attributes(widths, in_chans, num_classes, drop_rate)
 
         conv_layer = partial(FlexConv1d, causal=True, config=flexconv_options('FlexTCN', config, flexconv_args))
         blocks, self.feature_info = [], []
