@@ -11,6 +11,7 @@ import torch
 
 from .checkpoints import load_model, min_input_size
 from .cli import UserError, parse_model_kwargs
+from .models import FlexConvModelMixin
 
 __all__ = ['build_predict_parser', 'predict', 'predict_main']
 
@@ -81,7 +82,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         model = load_model(args.checkpoint, architecture, kwargs)
     else:
         model = load_model(None, args.model or 'flexnet16.cifar10', kwargs, pretrained=True)
-    if hasattr(model, 'seq_len'):
+    if isinstance(model, FlexConvModelMixin) and model.size_unit == 'steps':
         raise UserError(f"{args.model} is a sequence model; predict.py classifies images (use validate.py for sequences).")
     if args.img_size is not None and args.img_size < min_input_size(model):
         raise UserError(f"--img-size {args.img_size} is smaller than the {min_input_size(model)} px the model accepts.")

@@ -348,3 +348,42 @@ def test_cfg_input_size_has_the_models_channels(name, kwargs, channels):
     # the channel count may come from the tag's cfg (12 for JapaneseVowels) or from the caller
     model = timm.create_model(name, **kwargs)
     assert model.in_chans == channels == model.pretrained_cfg['input_size'][0] == model.default_cfg['input_size'][0]
+
+
+# ---------------------------------------------------------------------- the redesign's single homes
+def test_flexconv_options_travel_as_one_config():
+    from flexconv_zoo.layers import MAGNet, SIREN, FlexConvConfig
+    cfg = FlexConvConfig(kernel_net='siren', mask_init_sigma=0.1)
+    model = timm.create_model('flexnet8', config=cfg, kernel_hidden=16)  # flat options update the config
+    layers = list(model.flexconv_layers())
+    assert all(isinstance(layer.kernel_net, SIREN) and layer.mask.init_sigma == 0.1 for layer in layers)
+    assert layers[0].kernel_net.output.in_features == 16
+    assert isinstance(next(timm.create_model('flextcn2').flexconv_layers()).kernel_net, MAGNet)
+    with pytest.raises(TypeError, match=r"unexpected arguments \['kernl_net'\].*kernel_net"):
+        timm.create_model('flexnet8', kernl_net='siren')
+    with pytest.raises(TypeError, match='config must be a FlexConvConfig'):
+        timm.create_model('flextcn2', config={'kernel_net': 'siren'})
+
+
+def test_source_and_input_size_of_both_model_kinds():
+    net = timm.create_model('flexnet8', img_size=16)
+    assert net.source_input_size == net.input_size == (3, 16, 16) and net.source_size_kwargs() == {'img_size': [16, 16]}
+    net.set_input_size((3, 24, 24))  # timm's full input_size is accepted too
+    assert net.input_size == (3, 24, 24) and net.source_input_size == (3, 16, 16)
+    assert net.pretrained_cfg['input_size'] == (3, 24, 24)
+    with pytest.raises(ValueError, match='channels'):
+        net.set_input_size((1, 24, 24))
+    tcn = timm.create_model('flextcn2', in_chans=3, seq_len=50)
+    assert tcn.size_unit == 'steps' and tcn.source_input_size == (3, 1, 50) and tcn.source_size_kwargs() == {'seq_len': 50}
+    tcn.set_input_size(100)
+    assert tcn.input_size == (3, 1, 100) and all(layer.grid == (100,) for layer in tcn.flexconv_layers())
+
+
+@pytest.mark.parametrize('name', ['flexnet8', 'flextcn2'])
+def test_prune_keeps_the_head_only_when_asked_and_nothing_was_cut(name):
+    model = timm.create_model(name)
+    last = len(model.feature_info) - 1
+    model.prune_intermediate_layers([last], prune_head=False)
+    assert model.num_classes == 10 and isinstance(model.get_classifier(), torch.nn.Linear)
+    model.prune_intermediate_layers([0], prune_head=False)  # blocks are cut: the head no longer fits
+    assert model.num_classes == 0 and len(model.blocks) == 1

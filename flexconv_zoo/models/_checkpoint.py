@@ -6,7 +6,7 @@ Reads this package's own state dicts and the original FlexConv code's checkpoint
 
 Original checkpoints record the kernel grid of every layer (``train_length``); a model built for another
 grid is refused with the size to use. (This package's own weights get their grid at model creation, from
-the pretrained cfg's ``input_size``: see ``resolve_training_size``.)
+the pretrained cfg's ``input_size``: see ``create_flexconv_model`` in ``_base.py``.)
 """
 import re
 from typing import Dict, Tuple
