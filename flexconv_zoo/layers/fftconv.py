@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    'next_fast_len', 'fft_length', 'kernel_bucket', 'conv_direct', 'conv_fft', 'conv_nd', 'choose_conv_method',
+    'next_fast_len', 'fft_length', 'kernel_bucket', 'conv_direct', 'conv_direct_untrimmed', 'conv_fft', 'conv_nd', 'choose_conv_method',
     'select_conv_method', 'set_autotune', 'autotune_enabled', 'clear_autotune_cache', 'autotune_cache',
     'CONV_METHODS', 'FFT_THRESHOLDS',
 ]
@@ -168,6 +168,14 @@ def conv_direct(
     _check(x, weight)
     weight, before = _trim(weight, x.shape[2:], causal)
     return _direct(x, weight, bias, before)
+
+
+def conv_direct_untrimmed(
+        x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, causal: bool = False,
+) -> torch.Tensor:
+    """:func:`conv_direct` without dropping the taps that never meet the input: the padding depends on the kernel
+    alone, so an exported graph (ONNX, a trace) keeps symbolic input sizes."""
+    return _direct(x, weight, bias, _padding(weight.shape[2:], causal))
 
 
 def _phase(fft_shape: Sequence[int], shift: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:

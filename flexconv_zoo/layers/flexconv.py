@@ -42,7 +42,7 @@ from . import alias_free
 from .config import FlexConvConfig
 from .crop import CROP_MODES, LaggedCrop, resolve_crop_mode
 from .dftconv import conv_dft_matmul
-from .fftconv import CONV_METHODS, _direct, _padding, conv_nd
+from .fftconv import CONV_METHODS, conv_direct_untrimmed, conv_nd
 from .kernel_cache import KernelCache
 from .kernelnet import create_kernel_net
 from .mask import GaussianMask
@@ -64,7 +64,7 @@ def _conv_for_export(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if method == 'fft':
         return conv_dft_matmul(x, weight, bias, causal=causal)
     # without conv_nd's input-size-dependent tap trimming: the graph keeps symbolic sizes
-    return _direct(x, weight, bias, _padding(weight.shape[2:], causal))
+    return conv_direct_untrimmed(x, weight, bias, causal)
 
 
 class FlexConvNd(nn.Module):
