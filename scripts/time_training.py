@@ -10,14 +10,14 @@ extrapolated time of a 45,000-image epoch. Mask widths are given in the continuo
 input size exactly as it does in a progressive-resolution run. A second table times the data pipeline: per-image
 torchvision transforms through a DataLoader vs the whole-batch uint8 augmentation of ``flexconv_zoo.data``.
 Times are minima over the timed steps (the least disturbed by other processes on a shared machine). The code is
-:mod:`flexconv_zoo.benchmarking`; this script parses the arguments.
+:mod:`flexconv_zoo.training_timing`; this script parses the arguments.
 """
 import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from flexconv_zoo.benchmarking import run_time_training  # noqa: E402
+from flexconv_zoo.training_timing import run_time_training  # noqa: E402
 
 
 def main() -> None:
