@@ -64,21 +64,6 @@ def create_model_for_tag(name: str, pretrained: bool = False, **kwargs: Any) -> 
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
-def _construction_args(model: nn.Module) -> Dict[str, Any]:
-    """JSON-serialisable constructor arguments that define the function the weights compute."""
-    conv = next(model.flexconv_layers())
-    net = conv.kernel_net
-    args: Dict[str, Any] = dict(
-        widths=[blk.conv1.out_channels for blk in model.blocks] if hasattr(model, 'blocks') else None,
-        kernel_hidden=getattr(net, 'hidden', None),
-        kernel_layers=len(getattr(net, 'linears', [])) or None,
-        mask_threshold=conv.mask.threshold,
-        mask_init_sigma=conv.mask.init_sigma,
-        **model.source_size_kwargs(),
-    )
-    return {k: v for k, v in args.items() if v is not None}
-
-
 def reference_input(input_size: Sequence[int], seed: int = 0) -> torch.Tensor:
     """A fixed standard-normal batch of two (the input reference logits are computed on)."""
     gen = torch.Generator().manual_seed(seed)
@@ -169,7 +154,7 @@ def write_hub_folder(
     if test_input_size is not None:
         data_config['test_input_size'] = tuple(test_input_size)
     folder.mkdir(parents=True, exist_ok=True)
-    save_for_hf(model, folder, safe_serialization=True, model_args=_construction_args(model), data_config=data_config,
+    save_for_hf(model, folder, safe_serialization=True, model_args=model.construction_args(), data_config=data_config,
                 model_config=dict(pretrained_cfg=dict(architecture=arch, tag=tag), **labels))
     config = read_config(folder / CONFIG_NAME)
     config['architecture'] = arch

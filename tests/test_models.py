@@ -387,3 +387,18 @@ def test_prune_keeps_the_head_only_when_asked_and_nothing_was_cut(name):
     assert model.num_classes == 10 and isinstance(model.get_classifier(), torch.nn.Linear)
     model.prune_intermediate_layers([0], prune_head=False)  # blocks are cut: the head no longer fits
     assert model.num_classes == 0 and len(model.blocks) == 1
+
+
+@pytest.mark.parametrize('name,kwargs', [
+    ('flexnet8', dict(kernel_net='siren', mask_init_sigma=0.1, img_size=20)),
+    ('flextcn2', dict(in_chans=3, seq_len=40, kernel_layers=2, mask_threshold=0.2)),
+])
+def test_construction_args_rebuild_the_same_function(name, kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs).eval()
+    args = model.construction_args()
+    assert 'conv_method' not in args and all(k in args for k in kwargs if k != 'in_chans')
+    rebuilt = timm.create_model(name, in_chans=model.in_chans, **args).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, *model.source_input_size) if name.startswith('flexnet') else torch.randn(2, 3, 40)
+    torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)

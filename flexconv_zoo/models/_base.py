@@ -47,6 +47,7 @@ class FlexConvModelMixin:
     """
     size_arg: str = 'img_size'
     size_unit: str = 'px'
+    flexconv_config: FlexConvConfig  # the options every FlexConv layer of the model was built with
     in_chans: int
     blocks: nn.Sequential
     head: nn.Module
@@ -83,6 +84,17 @@ class FlexConvModelMixin:
     def input_size(self) -> Tuple[int, ...]:
         """``input_size`` the kernels are sampled for now (the source size unless resampled)."""
         return self.full_input_size(self.in_chans, self._run_size)
+
+    def construction_args(self) -> Dict[str, Any]:
+        """JSON-serialisable constructor arguments that rebuild the function the weights compute (``config.json``'s
+        ``model_args``): the widths, the source size, the kernel net and mask sizes, and every other FlexConv
+        option that differs from its default. ``conv_method`` is left out: it picks how to convolve, not what."""
+        defaults = FlexConvConfig()
+        always = ('kernel_hidden', 'kernel_layers', 'mask_threshold', 'mask_init_sigma')
+        options = {k: v for k, v in self.flexconv_config.as_dict().items()
+                   if k != 'conv_method' and (k in always or v != getattr(defaults, k))}
+        widths = [block.conv1.out_channels for block in self.blocks]
+        return dict(widths=widths, **options, **self.source_size_kwargs())
 
     def source_size_kwargs(self) -> Dict[str, Any]:
         """The source size as the constructor argument that rebuilds it (``config.json``'s ``model_args``)."""

@@ -114,8 +114,9 @@ class FlexNet(FlexConvModelMixin, nn.Module):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.init_model_attributes(widths, in_chans, num_classes, drop_rate)
+        self.flexconv_config = flexconv_options('FlexNet', config, flexconv_args)
 
-        conv_layer = partial(FlexConv2d, config=flexconv_options('FlexNet', config, flexconv_args))
+        conv_layer = partial(FlexConv2d, config=self.flexconv_config)
         self.stem = FlexStem(in_chans, widths[0], conv_layer, **dd)
         blocks, self.feature_info = [], []
         prev_chs = widths[0]

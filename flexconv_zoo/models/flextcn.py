@@ -151,8 +151,9 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.init_model_attributes(widths, in_chans, num_classes, drop_rate)
+        self.flexconv_config = flexconv_options('FlexTCN', config, flexconv_args)
 
-        conv_layer = partial(FlexConv1d, causal=True, config=flexconv_options('FlexTCN', config, flexconv_args))
+        conv_layer = partial(FlexConv1d, causal=True, config=self.flexconv_config)
         blocks, self.feature_info = [], []
         prev_chs = in_chans
         for i, width in enumerate(widths):
