@@ -373,6 +373,8 @@ def test_source_and_input_size_of_both_model_kinds():
     assert net.pretrained_cfg['input_size'] == (3, 24, 24)
     with pytest.raises(ValueError, match='channels'):
         net.set_input_size((1, 24, 24))
+    with pytest.raises(TypeError, match='takes images'):
+        net.set_input_size(seq_len=24)
     tcn = timm.create_model('flextcn2', in_chans=3, seq_len=50)
     assert tcn.size_unit == 'steps' and tcn.source_input_size == (3, 1, 50) and tcn.source_size_kwargs() == {'seq_len': 50}
     tcn.set_input_size(100)

@@ -112,6 +112,8 @@ class FlexConvModelMixin:
     def set_input_size(self, img_size: Optional[Size] = None, seq_len: Optional[Size] = None) -> None:
         """Run on data resampled to ``img_size`` (timm's name) / ``seq_len``: resample every kernel on that grid,
         scaled by ``(src / tgt)^D`` (paper's protocol), and advertise the size in the data config."""
+        if seq_len is not None and self.size_arg != 'seq_len':
+            raise TypeError(f"{type(self).__name__} takes images: set_input_size(img_size=...), not seq_len.")
         size = seq_len if seq_len is not None else img_size
         if size is None:
             return
