@@ -26,7 +26,7 @@ from ..loading import build_flexconv_model
 from ._checkpoint import checkpoint_filter_fn
 
 __all__ = [
-    'FlexConvModelMixin', 'create_flexconv_model', 'flexconv_cfg', 'flexconv_options', 'advertise_input_size', 'check_image_input', 'as_sequence',
+    'FlexConvModelMixin', 'create_flexconv_model', 'flexconv_cfg', 'advertise_input_size', 'check_image_input', 'as_sequence',
     'restore_layout',
 ]
 
@@ -240,11 +240,6 @@ def advertise_input_size(model: nn.Module, input_size: Tuple[int, ...]) -> None:
     cfg = dict(cfg, input_size=tuple(input_size))
     cfg.pop('test_input_size', None)  # advertised for the published training size only
     model.pretrained_cfg = model.default_cfg = cfg
-
-
-def flexconv_options(owner: str, config: Optional[FlexConvConfig], options: Dict[str, Any]) -> FlexConvConfig:
-    """The FlexConv options a model gives every layer: ``config`` updated with the flat keyword arguments."""
-    return FlexConvConfig.from_kwargs(owner, config, **options)
 
 
 def _pretrained_input_size(variant: str, pretrained: bool, kwargs: Dict[str, Any], size_arg: str

@@ -28,7 +28,7 @@ from ..constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from ..layers import FlexConv2d, FlexConvConfig
 from ..layers.resolution import check_size
 from ..loading import hub_weights
-from ._base import FlexConvModelMixin, check_image_input, create_flexconv_model, flexconv_cfg, flexconv_options
+from ._base import FlexConvModelMixin, check_image_input, create_flexconv_model, flexconv_cfg
 
 __all__ = ['FlexNet', 'FlexNetBlock']
 
@@ -114,7 +114,7 @@ class FlexNet(FlexConvModelMixin, nn.Module):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.init_model_attributes(widths, in_chans, num_classes, drop_rate)
-        self.flexconv_config = flexconv_options('FlexNet', config, flexconv_args)
+        self.flexconv_config = FlexConvConfig.from_kwargs('FlexNet', config, **flexconv_args)
 
         conv_layer = partial(FlexConv2d, config=self.flexconv_config)
         self.stem = FlexStem(in_chans, widths[0], conv_layer, **dd)

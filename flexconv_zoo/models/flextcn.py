@@ -27,7 +27,7 @@ from ..layers import FlexConv1d, FlexConvConfig
 from ..layers.resolution import check_size
 from ..loading import hub_weights
 from ._base import (
-    FlexConvModelMixin, as_sequence, create_flexconv_model, flexconv_cfg, flexconv_options, restore_layout,
+    FlexConvModelMixin, as_sequence, create_flexconv_model, flexconv_cfg, restore_layout,
 )
 
 __all__ = ['FlexTCN', 'FlexTCNBlock']
@@ -151,7 +151,7 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.init_model_attributes(widths, in_chans, num_classes, drop_rate)
-        self.flexconv_config = flexconv_options('FlexTCN', config, flexconv_args)
+        self.flexconv_config = FlexConvConfig.from_kwargs('FlexTCN', config, **flexconv_args)
 
         conv_layer = partial(FlexConv1d, causal=True, config=self.flexconv_config)
         blocks, self.feature_info = [], []
