@@ -118,10 +118,8 @@ class FlexConvModelMixin:
         if size is None:
             return
         spatial = self.spatial_size(size, self.in_chans)  # checked before any layer changes
-        for layer in self.flexconv_layers():
-            layer.set_input_size(spatial)
+        resample_kernels(self, spatial, self.full_input_size(self.in_chans, spatial))
         self._run_size = spatial
-        advertise_input_size(self, self.full_input_size(self.in_chans, spatial))
 
     @torch.no_grad()
     def rebase_input_size(self, size: Size, rescale: bool = True) -> None:
@@ -231,6 +229,14 @@ class FlexConvModelMixin:
         return self.head(x, pre_logits=pre_logits)
 
 
+def resample_kernels(model: nn.Module, spatial: Tuple[int, ...], input_size: Tuple[int, ...]) -> None:
+    """Sample every FlexConv kernel of ``model`` for inputs of ``spatial`` size and advertise ``input_size``."""
+    for layer in model.modules():
+        if isinstance(layer, FlexConvNd):
+            layer.set_input_size(spatial)
+    advertise_input_size(model, input_size)
+
+
 def advertise_input_size(model: nn.Module, input_size: Tuple[int, ...]) -> None:
     """Make the pretrained cfg advertise ``input_size`` (the size the model was built or resampled for), so
     ``timm.data.resolve_data_config(model=model)`` and the model agree."""
@@ -285,13 +291,10 @@ def create_flexconv_model(
     size = requested if requested is not None else kwargs[size_arg]
     if isinstance(model, FlexConvModelMixin):
         model.set_input_size(size)
-    else:  # a timm feature wrapper (features_only=True): resample its layers, advertise the size
+    else:  # a timm feature wrapper (features_only=True): it has the layers but not the mixin
         spatial = model_cls.spatial_size(size)
-        for layer in model.modules():
-            if isinstance(layer, FlexConvNd):
-                layer.set_input_size(spatial)
         in_chans = next(m for m in model.modules() if isinstance(m, FlexConvNd)).in_channels
-        advertise_input_size(model, model_cls.full_input_size(in_chans, spatial))
+        resample_kernels(model, spatial, model_cls.full_input_size(in_chans, spatial))
     return model
 
 
