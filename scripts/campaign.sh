@@ -5,6 +5,8 @@
 #   bash scripts/campaign.sh stop      # SIGTERM: checkpoint after the current step, then exit
 #   bash scripts/campaign.sh save      # copy the newest resume state + metrics into runs/<run>/ (to commit)
 #   bash scripts/campaign.sh status    # process, epochs done, newest checkpoint
+#   bash scripts/campaign.sh unpack D  # merge a chunk trained elsewhere (scripts/campaign_gpu.sh's ckpt.tar and
+#                                      # run.tar.gz in folder D) into the run folder, then `start` continues it
 #   CAMPAIGN_THREADS=1 bash scripts/campaign.sh start   # while other jobs share the cores
 #
 # The run folder lives outside the work tree ($CAMPAIGN_DIR, default /work/campaign) and runs a snapshot of the
@@ -66,5 +68,17 @@ case "${1:-start}" in
     ls -d "$DIR/$RUN"/checkpoints/step_*[0-9] 2>/dev/null | tail -n 1
     grep '^epoch' "$DIR/$RUN.log" | tail -n 3 || true
     ;;
-  *) echo "usage: $0 start|stop|save|status" >&2; exit 2 ;;
+  unpack)
+    if running; then echo "stop the local run first: its checkpoints would race the unpacked ones" >&2; exit 1; fi
+    src="$(cd "${2:?usage: $0 unpack FOLDER}" && pwd)"
+    tmp="$DIR/.unpack" && rm -rf "$tmp" && mkdir -p "$tmp"
+    tar -xf "$src/ckpt.tar" -C "$tmp" && tar -xzf "$src/run.tar.gz" -C "$tmp"
+    newest="$(ls -d "$tmp/$RUN"/checkpoints/step_*[0-9])"
+    [ -d "$DIR/$RUN/checkpoints/$(basename "$newest")" ] || mv "$newest" "$DIR/$RUN/checkpoints/"
+    rm -rf "$tmp/$RUN/checkpoints"
+    cat "$tmp/$RUN.log" >> "$DIR/$RUN.log" && rm "$tmp/$RUN.log"
+    cp -r "$tmp/$RUN/." "$DIR/$RUN/" && rm -rf "$tmp"
+    echo "unpacked $(basename "$newest") into $DIR/$RUN"
+    ;;
+  *) echo "usage: $0 start|stop|save|status|unpack FOLDER" >&2; exit 2 ;;
 esac
