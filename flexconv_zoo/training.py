@@ -10,7 +10,8 @@ Options and their checks: :mod:`flexconv_zoo.train_options`.
 Run folder ``<output>/<name>/``: ``args.json``, ``run_info.json``, ``checkpoints/step_XXXXXXXX_eXXXXbXXXXXX/``
 (:mod:`flexconv_zoo.checkpoints`: model, optimizer, scheduler, EMA, RNG, data position), ``metrics.csv`` /
 ``metrics.json`` per epoch, ``tensorboard/`` when TensorBoard is installed, and at the end the weights in timm's
-Hub layout (``model.safetensors`` + ``config.json``; ``best/`` = best validation epoch, ``ema/`` with ``--ema``).
+Hub layout (``model.safetensors`` + ``config.json``; ``best/`` = best validation epoch of the last resolution stage,
+``ema/`` with ``--ema``).
 ``--resume <run folder>`` continues a killed run exactly where its newest checkpoint left it.
 """
 import argparse
@@ -396,6 +397,12 @@ class _Loop:
                     self.acc.print(f"epoch {state.epoch + 1}: training resolution {state.img_size} -> {size} px "
                                    f"(kernels resampled)")
                     self.enter_size(size)
+                    if state.best_epoch >= 0:
+                        # validation at another size is not comparable, and the run's result is at its last size:
+                        # best/ restarts its selection with each stage (the earlier best is in metrics.csv)
+                        self.acc.print(f"best/ so far: epoch {state.best_epoch} at {state.best_top1:.2f} % val; a "
+                                       f"new stage starts a new selection at {size} px")
+                        state.best_top1, state.best_epoch = -1.0, -1
             batches = self.train_batches.batches(state.epoch, state.batch_in_epoch)
             if self.train_epoch(batches, len(self.train_batches)):
                 return True

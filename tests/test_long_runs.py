@@ -137,8 +137,12 @@ def test_progressive_run_switches_size_and_resumes_exactly(tiny_cifar, tmp_path,
     assert lrs[1] > lrs[2] > lrs[3]  # one cosine schedule across the switch, not one per stage
     config = json.loads((tmp_path / 'full' / 'config.json').read_text())
     assert config['pretrained_cfg']['input_size'][-1] == 16 and config['model_args']['img_size'] == [16, 16]
-    best = json.loads((tmp_path / 'full' / 'best' / 'config.json').read_text())['flexconv_zoo']
+    best_config = json.loads((tmp_path / 'full' / 'best' / 'config.json').read_text())
+    best = best_config['flexconv_zoo']
     assert best['selected_on'] == 'val' and best['weights'] in ('model', 'ema')
+    # chosen among the 16 px epochs only: validation at 8 px is not comparable, and the result is at 16 px
+    assert best['epoch'] in (3, 4) and best_config['model_args']['img_size'] == [16, 16]
+    assert full['best_epoch'] == best['epoch']
     # 24 train images (36 - 8 held out) / batch 8 = 3 steps an epoch: pause at the switch, and inside stage 2
     for stop in (6, 8):
         name = f'part{stop}'
