@@ -32,7 +32,8 @@ class UploadError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- from a run
-def _validate(folder: Path, data: str, img_sizes: Sequence[int], subset: Optional[int]) -> Tuple[List[Dict], str]:
+def _validate(folder: Path, data: str, img_sizes: Sequence[int], subset: Optional[int],
+              flip_tta: bool = False) -> Tuple[List[Dict], str]:
     """``scripts/validate.py`` in this process; returns its result rows and the command as a user would type it."""
     from .evaluation import validate_main
     argv = ['--checkpoint', str(folder), '--data', data, '--split', 'test']
@@ -40,6 +41,8 @@ def _validate(folder: Path, data: str, img_sizes: Sequence[int], subset: Optiona
         argv += ['--img-size', *map(str, img_sizes)]
     if subset:
         argv += ['--subset', str(subset)]
+    if flip_tta:
+        argv += ['--flip-tta']
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
         rows = validate_main(argv + ['--output', out])
     return rows, shlex.join(['python', 'scripts/validate.py', *argv])
@@ -93,11 +96,13 @@ def export_run(
         limitations: Sequence[str] = (),
         overwrite: bool = False,
         weights: str = 'model.safetensors',
+        flip_tta: bool = False,
 ) -> Path:
     """Write and validate the Hub folder ``output`` of the run folder ``run`` (``weights`` inside it) as ``tag``.
 
     Every number in the card is measured here with ``scripts/validate.py`` (in process): the whole test split at
     each of ``img_sizes`` and a seeded sample of ``ci_samples`` test images, which the test suite re-measures.
+    With ``flip_tta`` (images) the whole-split rows also measure flip test-time augmentation, shown beside them.
     """
     from .checkpoints import load_weights
     from .plots import update_training_plot
@@ -111,9 +116,10 @@ def export_run(
     model.eval()
 
     # validate.py reads the exported folder that holds these weights (the run itself, or its best/ or ema/)
-    rows, command = _validate(weights_path.parent, dataset, img_sizes, None)
+    rows, command = _validate(weights_path.parent, dataset, img_sizes, None, flip_tta)
     ci_rows, ci_command = _validate(weights_path.parent, dataset, img_sizes[:1], ci_samples)
-    results = [EvalRow(dataset, 'test', r['img_size'], round(r['top1'], 2), r['count'], command) for r in rows]
+    results = [EvalRow(dataset, 'test', r['img_size'], round(r['top1'], 2), r['count'], command,
+                       flip_top1=round(r['flip_top1'], 2) if flip_tta else None) for r in rows]
     results += [EvalRow(dataset, f"test[:{ci_samples}]", r['img_size'], round(r['top1'], 2), r['count'], ci_command)
                 for r in ci_rows]
     run_args = json.loads((run / 'args.json').read_text())
@@ -135,7 +141,8 @@ def export_run(
     print(f"  sha256 of model.safetensors (also in config.json): {report['files']['model.safetensors']}; add "
           f"hub_weights({tag!r}, '<sha256>') to the tag's default_cfgs entry")
     for r in results:
-        print(f"  {r.split:>10} {r.input_size:>5} top1 {r.top1:6.2f} ({r.num_samples})")
+        flip = f", flip TTA {r.flip_top1:6.2f}" if r.flip_top1 is not None else ''
+        print(f"  {r.split:>10} {r.input_size:>5} top1 {r.top1:6.2f}{flip} ({r.num_samples})")
     return folder
 
 

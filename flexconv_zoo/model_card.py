@@ -34,6 +34,8 @@ class EvalRow:
         top1: Top-1 accuracy in percent.
         num_samples: Number of evaluated samples.
         command: The exact command that produced the number.
+        flip_top1: Top-1 with horizontal-flip test-time augmentation, measured by the same command; shown beside
+            the table, never in the card's metadata (timm's headline numbers are single view).
     """
     dataset: str
     split: str
@@ -41,6 +43,7 @@ class EvalRow:
     top1: float
     num_samples: int
     command: str
+    flip_top1: Optional[float] = None
 
 
 @dataclasses.dataclass

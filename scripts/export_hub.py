@@ -37,12 +37,14 @@ def export_main(argv: Optional[Sequence[str]] = None) -> Path:
     p.add_argument('--weights', default='model.safetensors',
                    help="weights inside the run folder: model.safetensors (final), best/model.safetensors (best on "
                         "validation so far: exports a run that is still training), ema/model.safetensors")
+    p.add_argument('--flip-tta', action='store_true',
+                   help='also measure horizontal-flip test-time augmentation (images), shown beside the single view')
     args = p.parse_args(argv)
     output = args.output or ROOT / 'hub_configs' / args.tag
     return export_run(args.run, args.tag, args.dataset, args.dataset_name, output,
                       img_sizes=args.img_size, test_img_size=args.test_img_size, ci_samples=args.ci_samples,
                       hardware=args.hardware, summary=args.summary, limitations=args.limitation,
-                      overwrite=args.overwrite, weights=args.weights)
+                      overwrite=args.overwrite, weights=args.weights, flip_tta=args.flip_tta)
 
 
 if __name__ == '__main__':

@@ -620,3 +620,53 @@ def test_card_shows_kernel_size_figure_and_training_curves(tmp_path):
     without = write_hub_folder(model, tmp_path / 'without', name='flexnet8.test', info=INFO, results=rows)
     card = (without / 'README.md').read_text()
     assert 'no curve here' in card and not (without / 'training_curves.png').exists()
+
+
+# ------------------------------------------------------------------------------------------ export from a run
+def _cifar_format_tarball(root: Path, per_class: int) -> Path:
+    """A 10-class CIFAR-10-format JPEG tarball (the layout of the offline copy), ``per_class`` images a split."""
+    import io
+    import tarfile
+    import numpy as np
+    from PIL import Image
+    from flexconv_zoo.constants import CIFAR10_CLASSES
+    rng = np.random.default_rng(0)
+    with tarfile.open(root / 'cifar10_jpg_q75.tar.gz', 'w:gz') as tar:
+        for split in ('train', 'test'):
+            for c, cls in enumerate(CIFAR10_CLASSES):
+                for i in range(per_class):
+                    img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+                    buf = io.BytesIO()
+                    Image.fromarray(img).save(buf, 'JPEG', quality=75)
+                    info = tarfile.TarInfo(f'cifar10/{split}/{cls}/{i:04d}.jpg')
+                    info.size = buf.getbuffer().nbytes
+                    buf.seek(0)
+                    tar.addfile(info, buf)
+    return root
+
+
+@pytest.mark.slow  # trains a full-size flexnet16 for two steps, then validates it three times
+def test_export_run_writes_a_validated_card_with_flip_tta_beside_it(tmp_path, monkeypatch):
+    from flexconv_zoo.evaluation import validate_main
+    from flexconv_zoo.hub_export import export_run
+    from flexconv_zoo.training import train_main
+    data = _cifar_format_tarball(tmp_path, per_class=2)
+    monkeypatch.setenv('FLEXCONV_ZOO_DATA', str(data))  # validate.py's default data folder
+    monkeypatch.setenv('FLEXCONV_ZOO_CACHE', str(tmp_path / 'cache'))
+    train_main(['--model', 'flexnet16', '--data', 'cifar10', '--img-size', '32', '--epochs', '1', '--batch-size', '8',
+                '--val-size', '4', '--batch-augment', '--no-progress', '--output', str(tmp_path), '--name', 'run'])
+    folder = export_run(tmp_path / 'run', 'flexnet16.cifar10', 'cifar10', 'CIFAR-10 (test copy)', tmp_path / 'hub',
+                        img_sizes=(32,), ci_samples=8, flip_tta=True)
+    measured = validate_main(['--checkpoint', str(tmp_path / 'run'), '--data', 'cifar10', '--split', 'test',
+                              '--img-size', '32', '--flip-tta', '--output', str(tmp_path / 'val')])[0]
+    # the metadata (model-index) holds the single-view numbers only, like timm's headline numbers
+    rows = read_card_results(folder)
+    assert [(r.split, r.input_size, r.num_samples) for r in rows] == [('test', 32, 20), ('test[:8]', 32, 8)]
+    assert rows[0].top1 == round(measured['top1'], 2)
+    card = (folder / 'README.md').read_text()
+    assert f"{measured['flip_top1']:.2f} % at 32 px (test, 20 samples)" in card
+    assert '--flip-tta' in card and 'The table and the metadata above are single view' in card
+    # without the option, no flip sentence
+    plain = export_run(tmp_path / 'run', 'flexnet16.cifar10', 'cifar10', 'CIFAR-10 (test copy)', tmp_path / 'hub2',
+                       img_sizes=(32,), ci_samples=8)
+    assert 'test-time augmentation' not in (plain / 'README.md').read_text()
