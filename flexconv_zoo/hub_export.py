@@ -24,7 +24,7 @@ _RECIPE_KEYS = ('model', 'initial_checkpoint', 'source_img_size', 'data', 'img_s
                 'lr', 'mask_lr_scale', 'weight_decay', 'sched', 'warmup_epochs', 'min_lr', 'smoothing', 'alias_free',
                 'alias_free_init', 'ema', 'mixed_precision', 'val_size', 'train_subset', 'seed')
 # train.py arguments that describe where a run is written, not what it trains
-_NOT_IN_COMMAND = ('output', 'name', 'progress', 'resume')
+_NOT_IN_COMMAND = ('output', 'name', 'progress', 'resume', 'data_dir')  # data_dir: one machine's folder
 
 
 class UploadError(RuntimeError):
