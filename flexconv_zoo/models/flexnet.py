@@ -201,7 +201,7 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 # Published tags: the shipped copy is the source (no network), hf_hub_id once published, sha256 of the bytes.
 default_cfgs = generate_default_cfgs({
     'flexnet16.cifar10': _cfg(
-        **hub_weights('flexnet16.cifar10', '2abb44590a3ed4f6ab9e7d69f3449b27ad1f3780953e83107e04cd2b6eb144b2'),
+        **hub_weights('flexnet16.cifar10', '8e2513b9d0c2b650eb813b473f800d9c58bca908654b0799f65f62f417e1871d'),
         label_names=CIFAR10_CLASSES),
     'flexnet16.cifar10_16px_alias_free': _cfg(
         **hub_weights('flexnet16.cifar10_16px_alias_free',
