@@ -39,3 +39,25 @@ def write_image_folder(root: Path, size: int, splits=(('train', 24), ('test', 8)
                 img[..., c % 3] += 150
                 Image.fromarray(img).save(folder / f'{i}.png')
     return root
+
+
+def write_cifar_tarball(root: Path, classes=('airplane', 'bird', 'cat'), splits=(('train', 12), ('test', 4))) -> Path:
+    """``root/cifar10_jpg_q75.tar.gz`` in the layout of the offline CIFAR-10 copy (``cifar10/<split>/<class>/*.jpg``,
+    32 px JPEG q75), each class with its own dominant colour channel."""
+    import io
+    import tarfile
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    with tarfile.open(root / 'cifar10_jpg_q75.tar.gz', 'w:gz') as tar:
+        for split, n in splits:
+            for c, cls in enumerate(classes):
+                for i in range(n):
+                    img = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+                    img[..., c % 3] += 150
+                    buf = io.BytesIO()
+                    Image.fromarray(img).save(buf, 'JPEG', quality=75)
+                    info = tarfile.TarInfo(f'cifar10/{split}/{cls}/{i:04d}.jpg')
+                    info.size = buf.getbuffer().nbytes
+                    buf.seek(0)
+                    tar.addfile(info, buf)
+    return root

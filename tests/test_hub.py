@@ -623,34 +623,14 @@ def test_card_shows_kernel_size_figure_and_training_curves(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ export from a run
-def _cifar_format_tarball(root: Path, per_class: int) -> Path:
-    """A 10-class CIFAR-10-format JPEG tarball (the layout of the offline copy), ``per_class`` images a split."""
-    import io
-    import tarfile
-    import numpy as np
-    from PIL import Image
-    from flexconv_zoo.constants import CIFAR10_CLASSES
-    rng = np.random.default_rng(0)
-    with tarfile.open(root / 'cifar10_jpg_q75.tar.gz', 'w:gz') as tar:
-        for split in ('train', 'test'):
-            for c, cls in enumerate(CIFAR10_CLASSES):
-                for i in range(per_class):
-                    img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-                    buf = io.BytesIO()
-                    Image.fromarray(img).save(buf, 'JPEG', quality=75)
-                    info = tarfile.TarInfo(f'cifar10/{split}/{cls}/{i:04d}.jpg')
-                    info.size = buf.getbuffer().nbytes
-                    buf.seek(0)
-                    tar.addfile(info, buf)
-    return root
-
-
 @pytest.mark.slow  # trains a full-size flexnet16 for two steps, then validates it three times
 def test_export_run_writes_a_validated_card_with_flip_tta_beside_it(tmp_path, monkeypatch):
     from flexconv_zoo.evaluation import validate_main
     from flexconv_zoo.hub_export import export_run
     from flexconv_zoo.training import train_main
-    data = _cifar_format_tarball(tmp_path, per_class=2)
+    from conftest import write_cifar_tarball
+    from flexconv_zoo.constants import CIFAR10_CLASSES
+    data = write_cifar_tarball(tmp_path, CIFAR10_CLASSES, (('train', 2), ('test', 2)))
     monkeypatch.setenv('FLEXCONV_ZOO_DATA', str(data))  # validate.py's default data folder
     monkeypatch.setenv('FLEXCONV_ZOO_CACHE', str(tmp_path / 'cache'))
     train_main(['--model', 'flexnet16', '--data', 'cifar10', '--img-size', '32', '--epochs', '1', '--batch-size', '8',

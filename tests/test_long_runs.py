@@ -1,6 +1,5 @@
 """Long training runs: progressive resolution (--img-size-schedule), whole-batch augmentation (--batch-augment),
 a graceful stop on SIGTERM / Ctrl-C."""
-import io
 import os
 import shutil
 import signal
@@ -8,14 +7,12 @@ import subprocess
 import sys
 import time
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import load_file
 
 import flexconv_zoo  # noqa: F401  (registers the models)
@@ -23,6 +20,7 @@ from flexconv_zoo.data.batch_augment import BatchAugment, InMemoryBatches, _seed
 from flexconv_zoo.cli import UserError, run_cli
 from flexconv_zoo.progressive import Stage, parse_size_schedule, size_at_epoch, stage_start_epochs
 from flexconv_zoo.training import train_main
+from conftest import write_cifar_tarball
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -97,21 +95,7 @@ def test_in_memory_batches_resume_and_shard():
 @pytest.fixture(scope='module')
 def tiny_cifar(tmp_path_factory) -> Path:
     """A CIFAR-10-format JPEG tarball with 3 classes x 12 train / 4 test images (in-memory uint8 path)."""
-    root = tmp_path_factory.mktemp('cifar')
-    rng = np.random.default_rng(0)
-    with tarfile.open(root / 'cifar10_jpg_q75.tar.gz', 'w:gz') as tar:
-        for split, n in (('train', 12), ('test', 4)):
-            for c, cls in enumerate(('airplane', 'bird', 'cat')):
-                for i in range(n):
-                    img = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
-                    img[..., c] += 150
-                    buf = io.BytesIO()
-                    Image.fromarray(img).save(buf, 'JPEG', quality=75)
-                    info = tarfile.TarInfo(f'cifar10/{split}/{cls}/{i:04d}.jpg')
-                    info.size = buf.getbuffer().nbytes
-                    buf.seek(0)
-                    tar.addfile(info, buf)
-    return root
+    return write_cifar_tarball(tmp_path_factory.mktemp('cifar'))
 
 
 @pytest.fixture
