@@ -249,7 +249,10 @@ def scenario_client(spec: Dict[str, Any]) -> Dict[str, Any]:
     import flexconv_zoo  # noqa: F401
     out: Dict[str, Any] = {'import_seconds': time.monotonic() - start}
     for label, item in spec['loads'].items():
+        before = len(attempts) if attempts is not None else 0
         out[label] = observe(lambda: load(item['name'], item.get('reference'), **item.get('kwargs', {})))
+        if attempts is not None:
+            out[label]['connect_attempts'] = len(attempts) - before
         if item.get('repo'):
             out[label]['cache'] = cache_files(Path(item['kwargs'].get('cache_dir') or spec['cache']), item['repo'])
     out['connect_attempts'] = len(attempts) if attempts is not None else None

@@ -236,12 +236,12 @@ def test_ema_warmup_makes_the_average_follow_early_training(tiny_cifar, tmp_path
 
 @pytest.mark.slow  # several training runs / subprocesses: in the slow set CI also runs
 def test_campaign_chunk_elsewhere_round_trip(tiny_cifar, tmp_path, cache):
-    """scripts/campaign_gpu.sh continues a saved run (on whatever device the host has) and packs it;
-    campaign.sh unpack merges the chunk into the local run folder, which then resumes from the chunk's end."""
+    """campaign.sh chunk continues a saved run (on whatever device the host has) and packs it; a second chunk on
+    the same host continues in place; campaign.sh unpack merges into the local run folder, which then resumes."""
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, OMP_NUM_THREADS='1', FLEXCONV_ZOO_CACHE=str(tmp_path / 'cache'),
                PYTHON=sys.executable, CAMPAIGN_RUN='tiny', CAMPAIGN_RUNS=str(tmp_path / 'saved'),
-               CAMPAIGN_GPU_DIR=str(tmp_path / 'gpu'), CAMPAIGN_DIR=str(tmp_path / 'local'), CAMPAIGN_WORKERS='0')
+               CAMPAIGN_CHUNK_DIR=str(tmp_path / 'gpu'), CAMPAIGN_DIR=str(tmp_path / 'local'), CAMPAIGN_WORKERS='0')
     args = [*TINY, '--data', 'cifar10', '--data-dir', str(tiny_cifar), '--img-size', '8', '--batch-augment',
             '--epochs', '3', '--ema', '--checkpoint-every', '0', '--output', str(tmp_path / 'saved'), '--name', 'tiny']
     assert train_main([*args, '--stop-after-steps', '3'])['stopped']  # inside epoch 1 (4 steps: 28 images / 8)
@@ -251,22 +251,28 @@ def test_campaign_chunk_elsewhere_round_trip(tiny_cifar, tmp_path, cache):
     (local / 'tiny.log').write_text('local part\n')
 
     def sh(*cmd):
-        return subprocess.run(['bash', *cmd], env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(['bash', str(root / 'scripts' / 'campaign.sh'), *cmd], env=env, capture_output=True,
+                              text=True, timeout=600)
 
-    chunk = sh(str(root / 'scripts' / 'campaign_gpu.sh'), str(tiny_cifar), str(tmp_path / 'out'), '300')
+    first = sh('chunk', str(tiny_cifar), str(tmp_path / 'out'), '300', '--stop-after-steps', '6')
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert 'packed step_00000006_e0001b000002' in first.stdout and 'in place' not in first.stdout
+    chunk = sh('chunk', str(tiny_cifar), str(tmp_path / 'out'), '300')  # the warm host: from step 6, not 3
     assert chunk.returncode == 0, chunk.stderr[-2000:]
+    assert 'continuing in place from step_00000006_e0001b000002' in chunk.stdout
     assert {p.name for p in (tmp_path / 'out').iterdir()} == {'ckpt.tar', 'run.tar.gz'}
     assert 'packed step_00000012_e0003b000000' in chunk.stdout  # 3 epochs x 4 steps: the chunk finished the run
 
     (local / 'train.pid').write_text(str(os.getpid()))  # a live process: the local run "runs"
-    refused = sh(str(root / 'scripts' / 'campaign.sh'), 'unpack', str(tmp_path / 'out'))
+    refused = sh('unpack', str(tmp_path / 'out'))
     assert refused.returncode == 1 and 'stop the local run first' in refused.stderr
     (local / 'train.pid').unlink()
-    merged = sh(str(root / 'scripts' / 'campaign.sh'), 'unpack', str(tmp_path / 'out'))
+    merged = sh('unpack', str(tmp_path / 'out'))
     assert merged.returncode == 0, merged.stderr[-2000:]
     steps = sorted(p.name for p in (local / 'tiny' / 'checkpoints').glob('step_*'))
     assert steps[-1] == 'step_00000012_e0003b000000'
     assert [r['epoch'] for r in json.loads((local / 'tiny' / 'metrics.json').read_text())] == [1, 2, 3]
     log = (local / 'tiny.log').read_text()
-    assert log.startswith('local part\n') and 'resumed tiny after step 3' in log
+    # the second pack carries its own chunk's lines; the first chunk's were never unpacked
+    assert log.startswith('local part\n') and 'resumed tiny after step 6' in log and 'after step 3' not in log
     assert (local / 'tiny' / 'best' / 'config.json').is_file()
