@@ -195,9 +195,10 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
 
 
-def _cpu_peak_memory(name: str, sigma: Optional[float], args, grad_ckpt: bool) -> float:
+def _cpu_peak_memory(name: str, sigma: Optional[float], args, grad_ckpt: bool, recompute: bool) -> float:
     """Runs in a fresh process: RSS high-water mark above the model at rest, sampled every 0.5 ms."""
     from .layers import fftconv
+    fftconv.set_recompute_spectra(recompute)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device('cpu')
@@ -228,12 +229,27 @@ def _cpu_peak_memory(name: str, sigma: Optional[float], args, grad_ckpt: bool) -
     return max(0.0, peak[0] - before)
 
 
-def peak_memory(name: str, sigma: Optional[float], args, device, grad_ckpt: bool = False) -> float:
+def _spectra_policy(step: Callable[[], Any], recompute: bool) -> Callable[[], Any]:
+    """``step`` with the FFT backward keeping (False) or recomputing (True) its spectra."""
+    from .layers import fftconv
+
+    def run():
+        previous = fftconv.recompute_spectra_enabled()
+        fftconv.set_recompute_spectra(recompute)
+        try:
+            return step()
+        finally:
+            fftconv.set_recompute_spectra(previous)
+    return run
+
+
+def peak_memory(name: str, sigma: Optional[float], args, device, grad_ckpt: bool = False,
+                recompute: bool = False) -> float:
     """Peak memory (MiB) above the model at rest during its first two training steps."""
     if device.type == 'cuda':
         x = make_input(name, args, device)
         model = build(name, args, device, sigma, grad_ckpt)
-        step = train_step_fn(model, x, args)
+        step = _spectra_policy(train_step_fn(model, x, args), recompute)
         step()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -243,38 +259,46 @@ def peak_memory(name: str, sigma: Optional[float], args, device, grad_ckpt: bool
         return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
     # CPU: the RSS high-water mark is per process, so measure each model in a fresh one.
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context('spawn')) as pool:
-        return pool.submit(_cpu_peak_memory, name, sigma, args, grad_ckpt).result()
+        return pool.submit(_cpu_peak_memory, name, sigma, args, grad_ckpt, recompute).result()
+
+
+# The memory section's variants: label -> (gradient checkpointing, FFT backward recomputes its spectra)
+MEMORY_VARIANTS = {'plain': (False, False), 'recompute spectra': (False, True), 'grad ckpt': (True, False)}
 
 
 def bench_memory(args, device) -> List[Dict]:
-    """Peak training memory vs ResNet-44, without and with gradient checkpointing, and the step time it costs.
+    """Peak training memory vs ResNet-44 and the step time it costs: the plain model (its FFT backward keeps the
+    spectra of its forward), with the FFT backward recomputing them instead, and with gradient checkpointing.
 
-    Memory: one fresh measurement per configuration (a subprocess on CPU). Time: ResNet-44, the plain model and
-    the checkpointed one, interleaved round by round in this process (same protocol as the models section).
+    Memory: one fresh measurement per configuration (a subprocess on CPU). Time: ResNet-44 and the variants,
+    interleaved round by round in this process (same protocol as the models section).
     """
     rows = []
     base = peak_memory('resnet44', None, args, device)
     x_img = make_input('flexnet', args, device)
     base_train = train_step_fn(build('resnet44', args, device, None), x_img, args)
-    ckpts = (False, True) if args.grad_ckpt else (False,)
+    variants = {k: v for k, v in MEMORY_VARIANTS.items() if args.grad_ckpt or not v[0]}
     for name in args.memory_models:
         for regime, sigma in _regimes(name):
             x = make_input(name, args, device)
             steps = {'resnet44': base_train}
-            for ckpt in ckpts:
-                steps[ckpt] = train_step_fn(build(name, args, device, sigma, ckpt), x, args)
+            for label, (ckpt, recompute) in variants.items():
+                steps[label] = _spectra_policy(train_step_fn(build(name, args, device, sigma, ckpt), x, args), recompute)
             times = compare(steps, args.rounds)
             del steps
-            for ckpt in ckpts:
-                mib = peak_memory(name, sigma, args, device, ckpt)
-                row = dict(model=name, regime=regime, grad_checkpointing=ckpt, peak_mib=mib, resnet44_peak_mib=base,
-                           vs_resnet44=mib / base, train_s=times[ckpt]['min_s'],
-                           resnet44_train_s=times['resnet44']['min_s'], train_vs_resnet44=times[ckpt]['ratio'])
-                if ckpt:
-                    plain = rows[-1]
-                    row.update(peak_vs_plain=mib / plain['peak_mib'], train_vs_plain=round_ratio(times, ckpt, False))
+            plain = None
+            for label, (ckpt, recompute) in variants.items():
+                mib = peak_memory(name, sigma, args, device, ckpt, recompute)
+                row = dict(model=name, regime=regime, variant=label, grad_checkpointing=ckpt,
+                           recompute_spectra=recompute, peak_mib=mib, resnet44_peak_mib=base, vs_resnet44=mib / base,
+                           train_s=times[label]['min_s'], resnet44_train_s=times['resnet44']['min_s'],
+                           train_vs_resnet44=times[label]['ratio'])
+                if plain is None:
+                    plain = row
+                else:
+                    row.update(peak_vs_plain=mib / plain['peak_mib'], train_vs_plain=round_ratio(times, label, 'plain'))
                 rows.append(row)
-                print(f"  {name:10s} {regime:8s} {'grad ckpt' if ckpt else 'plain':9s} peak {mib:8.1f} MiB = "
+                print(f"  {name:10s} {regime:8s} {label:17s} peak {mib:8.1f} MiB = "
                       f"{mib / base:.2f}x ResNet-44 ({base:.1f} MiB) | train {row['train_s']:.3f}s = "
                       f"{row['train_vs_resnet44']:.2f}x ResNet-44 ({row['resnet44_train_s']:.3f}s)", flush=True)
     return rows
@@ -504,11 +528,15 @@ def print_tables(result: Dict) -> None:
         print(f"ResNet-44 (0.66M params): train step {_ms(r['resnet44_train_s'])}, "
               f"{r['resnet44_images_per_s']:.0f} img/s")
     if result.get('memory'):
-        print_table('Peak training memory and train step, without / with grad checkpointing, vs ResNet-44 in the '
-                    'same run', ['model', 'regime', 'peak MiB', 'peak vs ResNet-44', 'train step', 'step vs ResNet-44'],
-                    [[r['model'] + (' + grad checkpointing' if r['grad_checkpointing'] else ''), r['regime'],
-                      f"{r['peak_mib']:.0f}", f"{r['vs_resnet44']:.2f}x", _ms(r['train_s']),
-                      f"{r['train_vs_resnet44']:.2f}x"] for r in result['memory']])
+        print_table('Peak training memory and train step: plain, FFT backward recomputing its spectra, grad '
+                    'checkpointing; vs ResNet-44 and vs plain in the same run',
+                    ['model', 'regime', 'variant', 'peak MiB', 'peak vs ResNet-44', 'peak vs plain', 'train step',
+                     'step vs ResNet-44', 'step vs plain'],
+                    [[r['model'], r['regime'], r.get('variant', 'grad ckpt' if r['grad_checkpointing'] else 'plain'),
+                      f"{r['peak_mib']:.0f}", f"{r['vs_resnet44']:.2f}x",
+                      f"{r['peak_vs_plain']:.2f}x" if 'peak_vs_plain' in r else '', _ms(r['train_s']),
+                      f"{r['train_vs_resnet44']:.2f}x",
+                      f"{r['train_vs_plain']:.2f}x" if 'train_vs_plain' in r else ''] for r in result['memory']])
         r = result['memory'][0]
         print(f"ResNet-44: peak {r['resnet44_peak_mib']:.0f} MiB, train step {_ms(r['resnet44_train_s'])}")
     if result.get('channels_last'):

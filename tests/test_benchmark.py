@@ -28,7 +28,10 @@ def test_benchmark_smoke_run_writes_tables_and_json(tmp_path):
     for r in result['models']:
         for key in ('train_vs_resnet44', 'eval_vs_resnet44', 'eval_vs_fixed', 'eval_uncached_vs_cached'):
             assert math.isfinite(r[key]) and r[key] > 0, (key, r)
-    rows = {(r['regime'], r['grad_checkpointing']) for r in result['memory']}
-    assert rows == {(g, c) for g in ('initial', 'trained') for c in (False, True)}
+    rows = {(r['regime'], r['variant'], r['grad_checkpointing'], r['recompute_spectra']) for r in result['memory']}
+    assert rows == {(g, *v) for g in ('initial', 'trained') for v in (('plain', False, False),
+                                                                        ('recompute spectra', False, True),
+                                                                        ('grad ckpt', True, False))}
     assert all(r['peak_mib'] > 0 and r['vs_resnet44'] > 0 for r in result['memory'])
+    assert all(r['train_vs_plain'] > 0 for r in result['memory'] if r['variant'] != 'plain')
     assert result['env']['torch'] and 'channels_last' in result['env']

@@ -136,18 +136,49 @@ def test_fft_conv_function_equals_composite_path(sizes, ks, causal):
         torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
 
 
-def test_fft_conv_keeps_no_spectra_for_backward():
-    """Memory: the FFT path saves only the real input and kernel (spectra are recomputed in the backward)."""
+def test_fft_conv_saves_only_the_spectra_its_backward_needs():
+    """The FFT path keeps the conjugate input spectrum (for the kernel gradient) and the kernel spectrum (for the
+    input gradient) instead of recomputing them in the backward; no real copy of the input, and nothing for a
+    gradient that is not needed."""
     x, w, b = _rand_conv(4, 6, 8, (32, 32), (33, 33))
-    x.requires_grad_()
-    w.requires_grad_()
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        y = conv_nd(x, w, b, method='fft')
-    assert all(not t.is_complex() for t in saved)
-    assert sum(t.numel() * t.element_size() for t in saved) <= (x.numel() + w.numel()) * 4
-    y.sum().backward()
-    assert x.grad is not None and w.grad is not None
+    fft_shape = [fftconv.fft_length(32, 33, 16)] * 2  # 48: the smallest fast length that does not wrap
+    freqs = fft_shape[0] * (fft_shape[1] // 2 + 1)
+    x_spectrum, w_spectrum = freqs * x.shape[0] * x.shape[1] * 8, freqs * w.shape[0] * w.shape[1] * 8
+
+    def saved_by(x_grad, w_grad):
+        xi, wi = x.clone().requires_grad_(x_grad), w.clone().requires_grad_(w_grad)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = conv_nd(xi, wi, b, method='fft')
+        y.sum().backward()
+        assert (xi.grad is not None) == x_grad and (wi.grad is not None) == w_grad
+        assert all(t.is_complex() for t in saved)
+        return sorted(t.numel() * t.element_size() for t in saved)
+
+    assert saved_by(True, True) == sorted([x_spectrum, w_spectrum])
+    assert saved_by(False, True) == [x_spectrum]  # an input image: no kernel spectrum for its gradient
+    assert saved_by(True, False) == [w_spectrum]  # a frozen kernel: no input spectrum
+
+
+def test_fft_conv_recompute_spectra_saves_real_tensors_and_gives_the_same_gradients():
+    """set_recompute_spectra(True): the backward keeps the real input and kernel (no spectra) and recomputes the
+    spectra; values and gradients match the default (spectra kept) to float rounding."""
+    x, w, b = _rand_conv(3, 5, 7, (20, 20), (15, 15))
+    results = []
+    for recompute in (False, True):
+        fftconv.set_recompute_spectra(recompute)
+        try:
+            xi, wi, bi = (t.clone().requires_grad_() for t in (x, w, b))
+            saved = []
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+                y = conv_nd(xi, wi, bi, method='fft')
+            assert all(t.is_complex() != recompute for t in saved) and len(saved) == 2
+            (y * torch.sin(y)).sum().backward()
+            results.append((y.detach(), xi.grad, wi.grad, bi.grad))
+        finally:
+            fftconv.set_recompute_spectra(False)
+    for kept, recomputed in zip(*results):
+        torch.testing.assert_close(recomputed, kept, atol=1e-5, rtol=1e-5)
 
 
 def test_bf16_autocast_fft_error_is_bounded():
@@ -407,14 +438,16 @@ def test_conv_paths_channels_last_equal_nchw(fn, sizes, ks):
 
 
 @pytest.mark.usefixtures('one_thread')
-def test_fft_channels_last_keeps_only_the_callers_input():
-    """The FFT Function transforms a contiguous copy of a channels_last input but saves the input itself."""
+def test_fft_channels_last_input_is_not_kept():
+    """The FFT Function transforms a contiguous copy of a channels_last input; neither that copy nor the input
+    is kept for the backward (only spectra are), and both gradients keep the caller's layouts."""
     x, w, _ = _rand_conv(2, 3, 4, (10, 10), (9, 9))
     x = x.to(memory_format=CL).requires_grad_()
     y = conv_fft(x, w.requires_grad_())
     saved = y.grad_fn.saved_tensors
-    assert any(t.data_ptr() == x.data_ptr() for t in saved) and not any(t.numel() == x.numel() and
-                                                                        t.data_ptr() != x.data_ptr() for t in saved)
+    assert saved and all(t.is_complex() for t in saved)
+    y.backward(torch.ones_like(y).to(memory_format=CL))
+    assert _is_cl(x.grad) and w.grad.is_contiguous()
 
 
 @pytest.mark.usefixtures('one_thread')

@@ -14,10 +14,10 @@ Speed notes (measured, see ``scripts/benchmark.py`` and ``docs/PERFORMANCE.md``)
   ``n`` outputs we keep: ``N >= n + max(a, k - 1 - a)`` with ``a`` the offset of the first kept output in
   the full linear convolution, i.e. ``N >= n + k // 2`` for "same" and ``N >= n + k - 1`` for causal
   (48 instead of 64 for a 33x33 kernel on 32x32 inputs: 1.8x fewer frequencies in 2-D).
-* The FFT path is one autograd Function (:class:`_FFTConv`) with a hand-written, exact backward: it keeps
-  only the real input and kernel and recomputes their spectra in the backward (autograd through the
-  composite ops kept every layer's input spectrum, 2.3x the input's bytes, and ran its ``rfftn`` backward as
-  a full complex FFT). Spectra are frequency-major ``(F, B, C)`` so that channels are mixed per frequency by
+* The FFT path is one autograd Function (:class:`_FFTConv`) with a hand-written, exact backward that reuses
+  the forward's conjugate input spectrum and kernel spectrum (flexnet16's 32 px training step: 11 % faster
+  than recomputing them, for more memory; :func:`set_recompute_spectra` keeps the real tensors instead).
+  Autograd through the composite ops ran ``rfftn``'s backward as a full complex FFT. Spectra are frequency-major ``(F, B, C)`` so that channels are mixed per frequency by
   one complex ``bmm``; the kernel's "same"/causal offset is a phase on its spectrum, so every crop is a plain
   slice; inverse transforms run column pass, crop, row pass (only the kept rows reach the second pass).
   ``einsum`` picked a path that was 80x slower here on CPU. Under ``torch.compile``/export, FX tracing and on
@@ -52,6 +52,7 @@ import torch.nn.functional as F
 __all__ = [
     'next_fast_len', 'fft_length', 'kernel_bucket', 'conv_direct', 'conv_direct_untrimmed', 'conv_fft', 'conv_nd', 'choose_conv_method',
     'select_conv_method', 'set_autotune', 'autotune_enabled', 'clear_autotune_cache', 'autotune_cache',
+    'set_recompute_spectra', 'recompute_spectra_enabled',
     'CONV_METHODS', 'FFT_THRESHOLDS',
 ]
 
@@ -260,31 +261,43 @@ class _FFTConv(torch.autograd.Function):
       folded into the transposing copy of ``X``, because a conjugate-transposed first operand made ``bmm``
       copy it).
 
-    Only the real input and kernel are kept for the backward; their spectra are recomputed there: keeping
-    the input spectrum would hold 2.3x the input's bytes per layer until the backward.
+    The backward reuses the forward's spectra: the conjugate input spectrum and the kernel spectrum, each only
+    when its gradient is needed. :func:`set_recompute_spectra` keeps the real input and kernel instead and
+    recomputes their spectra in the backward (less memory: an input spectrum holds 1.6-2.3x the input's bytes).
     """
 
     @staticmethod
     def forward(ctx, x, w, bias, fft_shape, before):
         b, o = x.shape[0], w.shape[0]
         channels_last = _is_channels_last(x)
-        xm = _rfft_fm(x.contiguous(), fft_shape)  # the caller's tensor is what the backward keeps
+        # conj(Y) = conj(X) @ K^T: the conjugate input spectrum is what the kernel gradient needs, so the forward
+        # computes with it and the backward can reuse it (the conjugation rides on the transposing copy)
+        xc = _rfft_fm(x.contiguous(), fft_shape, conj=True)
         km = _rfft_fm(w, fft_shape, shift=before)
-        freq = xm.shape[:-2]
-        ym = torch.bmm(xm.view(-1, *xm.shape[-2:]), km.view(-1, *km.shape[-2:]).transpose(1, 2).conj())
-        del xm, km
-        y = _irfft_fm(ym.view(*freq, b, o), fft_shape, x.shape[2:], bias=bias, channels_last=channels_last)
-        ctx.save_for_backward(x, w)
+        freq = xc.shape[:-2]
+        yc = torch.bmm(xc.view(-1, *xc.shape[-2:]), km.view(-1, *km.shape[-2:]).transpose(1, 2))
+        y = _irfft_fm(yc.view(*freq, b, o), fft_shape, x.shape[2:], conj=True, bias=bias,
+                      channels_last=channels_last)
+        del yc
+        need_x, need_w = ctx.needs_input_grad[:2]
+        ctx.recompute = _RECOMPUTE_SPECTRA
+        if ctx.recompute:  # the real tensors: less memory, two more forward transforms in the backward
+            ctx.save_for_backward(x if need_w else None, w if need_x else None)
+        else:
+            ctx.save_for_backward(xc if need_w else None, km if need_x else None)
         ctx.fft_shape, ctx.before, ctx.has_bias = fft_shape, before, bias is not None
-        ctx.channels_last = channels_last
+        ctx.channels_last, ctx.x_shape, ctx.w_shape = channels_last, x.shape, w.shape
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        x, w = ctx.saved_tensors
-        fft_shape, before = ctx.fft_shape, ctx.before
-        dim = w.dim() - 2
+        xc, km = ctx.saved_tensors
+        fft_shape, before, x_shape, w_shape = ctx.fft_shape, ctx.before, ctx.x_shape, ctx.w_shape
+        if ctx.recompute:  # saved: the real input and kernel
+            xc = _rfft_fm(xc.contiguous(), fft_shape, conj=True) if xc is not None else None
+            km = _rfft_fm(km, fft_shape, shift=before) if km is not None else None
+        dim = len(w_shape) - 2
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
         if need_x or need_w:
@@ -292,23 +305,42 @@ class _FFTConv(torch.autograd.Function):
             freq = gm.shape[:-2]
             gm = gm.view(-1, *gm.shape[-2:])  # (F, B, O)
             if need_x:
-                km = _rfft_fm(w, fft_shape, shift=before).view(gm.shape[0], *w.shape[:2])
-                gx = torch.bmm(gm, km)  # (F, B, I)
+                gx = torch.bmm(gm, km.view(gm.shape[0], *w_shape[:2]))  # (F, B, I)
                 del km
-                grad_x = _irfft_fm(gx.view(*freq, *x.shape[:2]), fft_shape, x.shape[2:],
+                grad_x = _irfft_fm(gx.view(*freq, *x_shape[:2]), fft_shape, x_shape[2:],
                                    channels_last=ctx.channels_last)
                 del gx
             if need_w:
-                xc = _rfft_fm(x.contiguous(), fft_shape, conj=True).view(gm.shape[0], *x.shape[:2])
-                q = torch.bmm(gm.transpose(1, 2), xc)  # (F, O, I) = G^T conj(X)
+                q = torch.bmm(gm.transpose(1, 2), xc.view(gm.shape[0], *x_shape[:2]))  # (F, O, I) = G^T conj(X)
                 del xc, gm
-                q = q.view(*freq, *w.shape[:2])
+                q = q.view(*freq, *w_shape[:2])
                 if any(before):
                     q.mul_(_phase(fft_shape, before, q.device, q.dtype))
-                grad_w = _irfft_fm(q, fft_shape, w.shape[2:], conj=True)
+                grad_w = _irfft_fm(q, fft_shape, w_shape[2:], conj=True)
         if need_b and ctx.has_bias:
             grad_b = grad_y.sum(dim=(0, *range(2, 2 + dim)))
         return grad_x, grad_w, grad_b, None, None
+
+
+# Keep the real input and kernel for the backward instead of their spectra (see set_recompute_spectra).
+_RECOMPUTE_SPECTRA = os.environ.get('FLEXCONV_RECOMPUTE_SPECTRA', '0').strip().lower() not in ('0', 'false', 'off', 'no')
+
+
+def set_recompute_spectra(enabled: bool) -> None:
+    """Trade speed for memory in the FFT path's backward (applies to forwards run after the call).
+
+    Off (the default): each FFT convolution keeps its conjugate input spectrum and kernel spectrum from the forward
+    for the backward. On: it keeps the real input and kernel and recomputes both spectra in the backward, which
+    saves the difference between a spectrum and its real tensor per layer for two more forward transforms per
+    layer (flexnet16 at 32 px, mid-run kernels: see docs/PERFORMANCE.md). ``model.set_grad_checkpointing()``
+    saves more memory than this, for more recomputation.
+    """
+    global _RECOMPUTE_SPECTRA
+    _RECOMPUTE_SPECTRA = bool(enabled)
+
+
+def recompute_spectra_enabled() -> bool:
+    return _RECOMPUTE_SPECTRA
 
 
 def _fft_reference(x, weight, bias, fft_shape, before, sizes, ks):
