@@ -26,7 +26,7 @@ NICE="${CAMPAIGN_NICE:--5}"  # ahead of interactive work on the shared cores
 # for a descheduled sibling burn the time they would have saved).
 THREADS="${CAMPAIGN_THREADS:-$(nproc)}"
 # What every resume switches on: flags added after the run started (EMA warm-up from step 2,615) and log lines
-# instead of progress bars. (channels_last ran from step 906 to 24,0xx: at 32 px, where every layer takes the FFT
+# instead of progress bars. (channels_last ran from step 906 to 24,058: at 32 px, where every layer takes the FFT
 # path, NCHW is 1.09x faster; a fresh run's args.json keeps the flag it was started with.)
 RESUME_FLAGS=(--ema-warmup --no-progress)
 
