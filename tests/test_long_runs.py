@@ -276,3 +276,24 @@ def test_campaign_chunk_elsewhere_round_trip(tiny_cifar, tmp_path, cache):
     # the second pack carries its own chunk's lines; the first chunk's were never unpacked
     assert log.startswith('local part\n') and 'resumed tiny after step 6' in log and 'after step 3' not in log
     assert (local / 'tiny' / 'best' / 'config.json').is_file()
+
+
+def test_campaign_script_refuses_what_it_cannot_do(tmp_path):
+    """campaign.sh: a chunk without a saved run, or without its arguments, and an unknown command fail with a
+    message that says what to do; nothing is created in the chunk folder."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, CAMPAIGN_RUN='tiny', CAMPAIGN_RUNS=str(tmp_path / 'saved'),
+               CAMPAIGN_CHUNK_DIR=str(tmp_path / 'chunk'), CAMPAIGN_DIR=str(tmp_path / 'local'))
+
+    def sh(*cmd):
+        return subprocess.run(['bash', str(root / 'scripts' / 'campaign.sh'), *cmd], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    no_run = sh('chunk', str(tmp_path), str(tmp_path / 'out'))
+    assert no_run.returncode == 1 and f"no saved run in {tmp_path / 'saved' / 'tiny'}" in no_run.stderr
+    assert 'save` and commit first' in no_run.stderr and not (tmp_path / 'chunk').exists()
+    missing = sh('chunk', str(tmp_path))
+    assert missing.returncode != 0 and 'usage:' in missing.stderr and 'chunk DATA_DIR OUT_DIR' in missing.stderr
+    unknown = sh('resume')
+    assert unknown.returncode == 2 and 'usage:' in unknown.stderr
+    assert sh('save').returncode == 1  # no run folder, no checkpoint to save
