@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# The CIFAR-10 flexnet16 training campaign (docs/campaign.md): one long run, trained in resumable chunks.
+# The CIFAR-10 flexnet16 training campaign (docs/campaign.md): long runs, each trained in resumable chunks.
+# $CAMPAIGN_RUN picks the run (and, for a fresh start, its recipe below):
+#   flexnet16-cifar10                  the default tag: 20 px, then 32 px from 60 % of 50 epochs
+#   flexnet16-cifar10-16px-alias-free  the alias-free tag: 40 epochs at 16 px with the alias-free regulariser
 #
 #   bash scripts/campaign.sh start     # start it, or resume it (from $CAMPAIGN_DIR, else from runs/ in the repo)
 #   bash scripts/campaign.sh stop      # SIGTERM: checkpoint after the current step, then exit
@@ -30,15 +33,28 @@ THREADS="${CAMPAIGN_THREADS:-$(nproc)}"
 # path, NCHW is 1.09x faster; a fresh run's args.json keeps the flag it was started with.)
 RESUME_FLAGS=(--ema-warmup --no-progress)
 
-running() { [ -f "$DIR/train.pid" ] && kill -0 "$(cat "$DIR/train.pid")" 2>/dev/null; }
+# A fresh run's recipe (a resumed run reads its own from args.json). Common to both: the paper's optimiser
+# settings (train.py's defaults), in-memory batches, EMA with warm-up, label smoothing, test accuracy tracked.
+case "$RUN" in
+  flexnet16-cifar10) RECIPE=(--img-size-schedule 20:0 32:0.6 --epochs 50) ;;
+  flexnet16-cifar10-16px-alias-free)
+    RECIPE=(--img-size 16 --epochs 40 --alias-free 0.1 --alias-free-mask --alias-free-init) ;;
+  *) RECIPE=() ;;
+esac
+PID_FILE="$DIR/$RUN.pid"
+running() { [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
 newest_checkpoint() { { ls -d "$1"/checkpoints/step_*[0-9] 2>/dev/null || true; } | sort | tail -n 1; }
 
 case "${1:-start}" in
   start)
+    if running; then echo "already running (pid $(cat "$PID_FILE"))"; exit 0; fi
+    if [ ! -f "$DIR/$RUN/args.json" ] && [ ! -f "$REPO/runs/$RUN/args.json" ] && [ ${#RECIPE[@]} -eq 0 ]; then
+      echo "no run $RUN in $DIR or $REPO/runs, and no recipe to start one (see the top of $0)" >&2; exit 1
+    fi
     mkdir -p "$DIR"
-    if running; then echo "already running (pid $(cat "$DIR/train.pid"))"; exit 0; fi
-    rm -rf "$DIR/code" && mkdir -p "$DIR/code"
-    git -C "$REPO" archive HEAD | tar -x -C "$DIR/code"
+    code="$DIR/code-$RUN"  # one snapshot per run: starting one run never pulls the code from under another
+    rm -rf "$code" && mkdir -p "$code"
+    git -C "$REPO" archive HEAD | tar -x -C "$code"
     if [ ! -f "$DIR/$RUN/args.json" ] && [ -f "$REPO/runs/$RUN/args.json" ]; then
       echo "restoring $RUN from $REPO/runs/$RUN"
       cp -r "$REPO/runs/$RUN" "$DIR/$RUN"
@@ -47,17 +63,18 @@ case "${1:-start}" in
     if [ -f "$RUN/args.json" ]; then
       set -- --resume "$RUN" --data-dir "$DATA_DIR" "${RESUME_FLAGS[@]}"
     else
-      set -- --model flexnet16 --data cifar10 --data-dir "$DATA_DIR" --img-size-schedule 20:0 32:0.6 --epochs 50 \
-        --batch-augment --channels-last --ema --ema-decay 0.9995 --ema-warmup --smoothing 0.1 --track-test \
-        --checkpoint-every 400 --keep-checkpoints 2 --output . --name "$RUN" --no-progress
+      set -- --model flexnet16 --data cifar10 --data-dir "$DATA_DIR" "${RECIPE[@]}" --batch-augment --channels-last \
+        --ema --ema-decay 0.9995 --ema-warmup --smoothing 0.1 --track-test --checkpoint-every 400 \
+        --keep-checkpoints 2 --output . --name "$RUN" --no-progress
     fi
-    OMP_NUM_THREADS="$THREADS" PYTHONPATH="$DIR/code" nohup nice -n "$NICE" python code/scripts/train.py "$@" >> "$RUN.log" 2>&1 &
-    echo $! > train.pid
+    OMP_NUM_THREADS="$THREADS" PYTHONPATH="$code" nohup nice -n "$NICE" python "$code/scripts/train.py" "$@" \
+      >> "$RUN.log" 2>&1 &
+    echo $! > "$PID_FILE"
     echo "training (pid $!): log $DIR/$RUN.log"
     ;;
   stop)
     if ! running; then echo "not running"; exit 0; fi
-    pid="$(cat "$DIR/train.pid")"
+    pid="$(cat "$PID_FILE")"
     kill -TERM "$pid"
     while kill -0 "$pid" 2>/dev/null; do sleep 2; done
     tail -n 3 "$DIR/$RUN.log"
@@ -75,7 +92,7 @@ case "${1:-start}" in
     echo "saved $(basename "$newest") to $dest"
     ;;
   status)
-    if running; then echo "running (pid $(cat "$DIR/train.pid"))"; else echo "not running"; fi
+    if running; then echo "running (pid $(cat "$PID_FILE"))"; else echo "not running"; fi
     newest_checkpoint "$DIR/$RUN"
     grep '^epoch' "$DIR/$RUN.log" | tail -n 3 || true
     ;;

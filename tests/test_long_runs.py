@@ -263,10 +263,10 @@ def test_campaign_chunk_elsewhere_round_trip(tiny_cifar, tmp_path, cache):
     assert {p.name for p in (tmp_path / 'out').iterdir()} == {'ckpt.tar', 'run.tar.gz'}
     assert 'packed step_00000012_e0003b000000' in chunk.stdout  # 3 epochs x 4 steps: the chunk finished the run
 
-    (local / 'train.pid').write_text(str(os.getpid()))  # a live process: the local run "runs"
+    (local / 'tiny.pid').write_text(str(os.getpid()))  # a live process: the local run "runs"
     refused = sh('unpack', str(tmp_path / 'out'))
     assert refused.returncode == 1 and 'stop the local run first' in refused.stderr
-    (local / 'train.pid').unlink()
+    (local / 'tiny.pid').unlink()
     merged = sh('unpack', str(tmp_path / 'out'))
     assert merged.returncode == 0, merged.stderr[-2000:]
     steps = sorted(p.name for p in (local / 'tiny' / 'checkpoints').glob('step_*'))
@@ -294,6 +294,9 @@ def test_campaign_script_refuses_what_it_cannot_do(tmp_path):
     assert 'save` and commit first' in no_run.stderr and not (tmp_path / 'chunk').exists()
     missing = sh('chunk', str(tmp_path))
     assert missing.returncode != 0 and 'usage:' in missing.stderr and 'chunk DATA_DIR OUT_DIR' in missing.stderr
+    no_recipe = sh('start')  # 'tiny' is neither in the run folder nor in runs/, and has no recipe
+    assert no_recipe.returncode == 1 and 'no run tiny' in no_recipe.stderr and 'no recipe' in no_recipe.stderr
+    assert not (tmp_path / 'local').exists()  # refused before anything was written
     unknown = sh('resume')
     assert unknown.returncode == 2 and 'usage:' in unknown.stderr
     assert sh('save').returncode == 1  # no run folder, no checkpoint to save
