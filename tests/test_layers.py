@@ -328,3 +328,35 @@ def test_half_precision_direct_convolution_on_cpu_is_not_slow():
     assert out.dtype == torch.float16
     torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
     assert t_half < 5 * t_float + 0.5, (t_half, t_float)
+
+
+# ---------------------------------------------------------------------------------------------- dropout
+def test_fast_dropout_matches_nn_dropout_in_distribution_and_gradient():
+    """FastDropout: each element kept with probability 1 - p and scaled by 1 / (1 - p), like nn.Dropout; the
+    gradient is that same scaled mask; identity in eval; the channels_last layout is kept."""
+    from flexconv_zoo.layers import FastDropout
+    p = 0.2
+    drop = FastDropout(p).train()
+    x = (torch.rand(64, 24, 32, 32, generator=torch.Generator().manual_seed(7)) + 0.5).requires_grad_()
+    # (x has no zeros: a zero output means a dropped element; drawn from its own stream, not the masks')
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    frac = kept.float().mean().item()
+    assert abs(frac - (1 - p)) < 6 * math.sqrt(p * (1 - p) / x.numel())  # 6 sigma of the binomial fraction
+    torch.testing.assert_close(y[kept], x.detach()[kept] / (1 - p))
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+    ref = torch.nn.Dropout(p).train()(x.detach())  # same first two moments as PyTorch's dropout
+    assert abs(y.mean().item() - ref.mean().item()) < 5e-3 and abs(y.std().item() - ref.std().item()) < 5e-3
+    torch.manual_seed(0)  # a seeded mask replays (gradient checkpointing relies on it)
+    assert torch.equal(drop(x.detach()), y.detach())
+    cl = x.detach().to(memory_format=torch.channels_last)
+    assert drop(cl).is_contiguous(memory_format=torch.channels_last)
+    drop.eval()
+    assert torch.equal(drop(x.detach()), x.detach())
+    # bfloat16 and p in {0, 1} go to nn.Dropout: all zeros at p = 1, identity at 0
+    assert FastDropout(1.0).train()(x.detach()).abs().sum() == 0
+    assert torch.equal(FastDropout(0.0).train()(x.detach()), x.detach())
+    half = FastDropout(p).train()(torch.ones(4096, dtype=torch.bfloat16))
+    assert half.dtype == torch.bfloat16 and set(half.unique().tolist()) <= {0.0, 1.25}

@@ -25,7 +25,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
-from ..layers import FlexConv2d, FlexConvConfig
+from ..layers import FastDropout, FlexConv2d, FlexConvConfig
 from ..layers.resolution import check_size
 from ..loading import hub_weights
 from ._base import FlexConvModelMixin, check_image_input, create_flexconv_model, flexconv_cfg
@@ -53,7 +53,7 @@ class FlexNetBlock(nn.Module):
         self.conv1 = conv_layer(in_chs, out_chs, **dd)
         self.norm1 = nn.BatchNorm2d(out_chs, **dd)
         self.act1 = nn.ReLU()
-        self.drop = nn.Dropout(drop_rate)
+        self.drop = FastDropout(drop_rate)
         self.conv2 = conv_layer(out_chs, out_chs, **dd)
         self.norm2 = nn.BatchNorm2d(out_chs, **dd)
         self.shortcut = nn.Conv2d(in_chs, out_chs, 1, **dd) if in_chs != out_chs else nn.Identity()

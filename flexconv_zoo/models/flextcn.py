@@ -23,7 +23,7 @@ from timm.layers import get_device_dtype
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..layers import FlexConv1d, FlexConvConfig
+from ..layers import FastDropout, FlexConv1d, FlexConvConfig
 from ..layers.resolution import check_size
 from ..loading import hub_weights
 from ._base import (
@@ -53,7 +53,7 @@ class FlexTCNBlock(nn.Module):
         self.norm1 = nn.BatchNorm1d(out_chs, **dd)
         self.conv2 = conv_layer(out_chs, out_chs, **dd)
         self.norm2 = nn.BatchNorm1d(out_chs, **dd)
-        self.drop = nn.Dropout(drop_rate)
+        self.drop = FastDropout(drop_rate)
         self.act = nn.ReLU()
         self.shortcut = nn.Conv1d(in_chs, out_chs, 1, **dd) if in_chs != out_chs else nn.Identity()
 
@@ -75,7 +75,7 @@ class SequenceHead(nn.Module):
         super().__init__()
         self.in_features = in_features
         self.pool_type = self._check_pool(pool_type)
-        self.drop = nn.Dropout(drop_rate)
+        self.drop = FastDropout(drop_rate)
         self.fc = self._make_fc(num_classes, device=device, dtype=dtype)
 
     @staticmethod
