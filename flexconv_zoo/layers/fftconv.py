@@ -18,8 +18,9 @@ Speed notes (measured, see ``scripts/benchmark.py`` and ``docs/PERFORMANCE.md``)
   the forward's conjugate input spectrum and kernel spectrum (flexnet16's 32 px training step: 11 % faster
   than recomputing them, for more memory; :func:`set_recompute_spectra` keeps the real tensors instead).
   Autograd through the composite ops ran ``rfftn``'s backward as a full complex FFT. Spectra are
-  frequency-major ``(F, B, C)`` so that channels are mixed per frequency by one complex ``bmm``; the kernel's "same"/causal offset is a phase on its spectrum, so every crop is a plain
-  slice; inverse transforms run column pass, crop, row pass (only the kept rows reach the second pass).
+  frequency-major ``(F, B, C)`` so that channels are mixed per frequency by one complex ``bmm``; the
+  kernel's "same"/causal offset is a phase on its spectrum, so every crop is a plain slice; inverse
+  transforms run column pass, crop, row pass (only the kept rows reach the second pass).
   ``einsum`` picked a path that was 80x slower here on CPU. Under ``torch.compile``/export, FX tracing and on
   the meta device the same function is computed from differentiable ops (:func:`_fft_reference`).
 * FFTs run in float32 (complex64) for half-precision inputs and under autocast.
