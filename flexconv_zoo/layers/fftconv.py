@@ -323,9 +323,13 @@ class _FFTConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+def _env_flag(name: str) -> bool:
+    """An on/off environment switch: unset, '0', 'false', 'off' and 'no' mean off."""
+    return os.environ.get(name, '0').strip().lower() not in ('0', 'false', 'off', 'no')
+
+
 # Keep the real input and kernel for the backward instead of their spectra (see set_recompute_spectra).
-_RECOMPUTE_SPECTRA = os.environ.get('FLEXCONV_RECOMPUTE_SPECTRA', '0').strip().lower() not in (
-    '0', 'false', 'off', 'no')
+_RECOMPUTE_SPECTRA = _env_flag('FLEXCONV_RECOMPUTE_SPECTRA')
 
 
 def set_recompute_spectra(enabled: bool) -> None:
@@ -422,7 +426,7 @@ def choose_conv_method(kernel_size: Sequence[int], device_type: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- autotune
-_AUTOTUNE = os.environ.get('FLEXCONV_AUTOTUNE', '0').strip().lower() not in ('0', 'false', 'off', 'no')
+_AUTOTUNE = _env_flag('FLEXCONV_AUTOTUNE')
 _AUTOTUNE_CACHE: Dict[tuple, str] = {}
 # The FFT must be this much faster to be picked (see _tune).
 _FFT_MARGIN = 0.95
