@@ -48,8 +48,24 @@ def _validate(folder: Path, data: str, img_sizes: Sequence[int], subset: Optiona
     return rows, shlex.join(['python', 'scripts/validate.py', *argv])
 
 
-def _recipe(args: Dict[str, Any]) -> List[str]:
-    return [f"{k} = {args[k]}" for k in _RECIPE_KEYS if k in args and args[k] not in (None, False)]
+def _recipe(args: Dict[str, Any], run_info: Optional[Dict[str, Any]] = None) -> List[str]:
+    """The recipe lines of the card; ``val_size`` as the number of examples actually held out (the loader caps
+    ``--val-size`` at a fifth of a small training set), from the run's ``run_info.json`` where it has one."""
+    counts = (run_info or {}).get('dataset', {})
+    lines = []
+    for k in _RECIPE_KEYS:
+        if k not in args or args[k] in (None, False):
+            continue
+        if k == 'val_size' and 'val' in counts and 'train' in counts:
+            lines.append(f"val_size = {counts['val']} (held out of {counts['train'] + counts['val']} training "
+                         f"examples for model selection)")
+        else:
+            lines.append(f"{k} = {args[k]}")
+    return lines
+
+
+def _read_json_if_present(path: Path) -> Optional[Dict[str, Any]]:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _train_command(args: Dict[str, Any]) -> str:
@@ -127,7 +143,7 @@ def export_run(
         dataset=dataset,
         dataset_name=dataset_name,
         summary=summary or f"{tag.split('.')[0]} trained on {dataset_name} with scripts/train.py.",
-        recipe=_recipe(run_args),
+        recipe=_recipe(run_args, _read_json_if_present(run / 'run_info.json')),
         train_command=_train_command(run_args),
         training_cost=_training_cost(json.loads((run / 'metrics.json').read_text()), hardware),
         limitations=list(limitations),

@@ -625,6 +625,17 @@ def test_card_shows_kernel_size_figure_and_training_curves(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ export from a run
+def test_card_recipe_names_the_hold_out_actually_used():
+    """--val-size is capped at a fifth of a small training set: the card shows the count from run_info.json."""
+    from flexconv_zoo.hub_export import _recipe
+    args = dict(model='flextcn4', data='japanese_vowels', epochs=200, val_size=5000, ema=False)
+    info = dict(dataset=dict(name='japanese_vowels', train=216, val=54, test=370))
+    lines = _recipe(args, info)
+    assert 'val_size = 54 (held out of 270 training examples for model selection)' in lines
+    assert not any('5000' in line for line in lines) and 'ema = False' not in lines
+    assert 'val_size = 5000' in _recipe(args)  # an old run folder without run_info.json: the option as given
+
+
 @pytest.mark.slow  # trains a full-size flexnet16 for two steps, then validates it three times
 def test_export_run_writes_a_validated_card_with_flip_tta_beside_it(tmp_path, monkeypatch):
     from flexconv_zoo.evaluation import validate_main
@@ -648,6 +659,7 @@ def test_export_run_writes_a_validated_card_with_flip_tta_beside_it(tmp_path, mo
     card = (folder / 'README.md').read_text()
     assert f"{measured['flip_top1']:.2f} % at 32 px (test, 20 samples)" in card
     assert '--flip-tta' in card and 'The table and the metadata above are single view' in card
+    assert 'val_size = 4 (held out of 20 training examples for model selection)' in card
     # without the option, no flip sentence
     plain = export_run(tmp_path / 'run', 'flexnet16.cifar10', 'cifar10', 'CIFAR-10 (test copy)', tmp_path / 'hub2',
                        img_sizes=(32,), ci_samples=8)
