@@ -33,8 +33,9 @@ class UploadError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------- from a run
 def _validate(folder: Path, data: str, img_sizes: Sequence[int], subset: Optional[int],
-              flip_tta: bool = False) -> Tuple[List[Dict], str]:
-    """``scripts/validate.py`` in this process; returns its result rows and the command as a user would type it."""
+              flip_tta: bool = False, shown_folder: Optional[str] = None) -> Tuple[List[Dict], str]:
+    """``scripts/validate.py`` in this process; returns its result rows and the command as a user would type it,
+    naming ``shown_folder`` (a folder with the same weights: the Hub folder being written) instead of ``folder``."""
     from .evaluation import validate_main
     argv = ['--checkpoint', str(folder), '--data', data, '--split', 'test']
     if img_sizes:
@@ -45,7 +46,18 @@ def _validate(folder: Path, data: str, img_sizes: Sequence[int], subset: Optiona
         argv += ['--flip-tta']
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
         rows = validate_main(argv + ['--output', out])
+    if shown_folder is not None:
+        argv[1] = shown_folder
     return rows, shlex.join(['python', 'scripts/validate.py', *argv])
+
+
+def _shown_path(folder: Path) -> str:
+    """``folder`` as the card's commands name it: relative to the working directory (the repository root, where
+    ``python scripts/validate.py`` runs) when inside it, as in ``hub_configs/<tag>``; else as given."""
+    try:
+        return str(Path(folder).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(folder)
 
 
 def _recipe(args: Dict[str, Any], run_info: Optional[Dict[str, Any]] = None) -> List[str]:
@@ -91,10 +103,41 @@ def _train_command(args: Dict[str, Any]) -> str:
     return shlex.join(['python', 'scripts/train.py', *argv])
 
 
-def _training_cost(metrics: Any, hardware: str) -> str:
+def _training_cost(metrics: Any, hardware: str, through_epoch: Optional[int] = None) -> str:
+    """Training minutes of the run's epochs, or of those up to ``through_epoch`` (the selected epoch of a
+    ``best/`` export from a run that went on training)."""
     rows = metrics if isinstance(metrics, list) else metrics.get('epochs', metrics.get('rows', []))
+    to_these = ''
+    if through_epoch is not None and any(int(r.get('epoch', 0)) > through_epoch for r in rows):
+        rows, to_these = [r for r in rows if int(r.get('epoch', 0)) <= through_epoch], ', to these weights'
     seconds = sum(float(r.get('epoch_seconds', r.get('seconds', 0.0))) for r in rows)
-    return f"{seconds / 60:.1f} min of training ({len(rows)} epochs) on {hardware}"
+    return f"{seconds / 60:.1f} min of training ({len(rows)} epochs{to_these}) on {hardware}"
+
+
+def _selection(weights_folder: Path) -> Dict[str, Any]:
+    """What ``train.py`` recorded in a ``best/`` folder's config.json (``epoch``, ``val_top1``, ``weights``: raw or
+    ema); empty for the final weights of a run."""
+    config = _read_json_if_present(weights_folder / 'config.json') or {}
+    meta = config.get('flexconv_zoo', {})
+    return meta if 'epoch' in meta else {}
+
+
+def _selection_notes(selection: Dict[str, Any], run_args: Dict[str, Any], metrics: Any,
+                     run_info: Optional[Dict[str, Any]]) -> Tuple[str, List[str]]:
+    """For weights selected during a run: a summary sentence (which epoch and weights, chosen on what), and a
+    limitation when the run was still training at export."""
+    if not selection:
+        return '', []
+    epoch, total = int(selection['epoch']), int(run_args.get('epochs', 0))
+    held_out = (run_info or {}).get('dataset', {}).get('val')
+    on = f"its {held_out:,} held-out training examples" if held_out else "its held-out training examples"
+    which = 'the EMA of the weights' if selection.get('weights') == 'ema' else 'the raw weights'
+    sentence = (f" These are the run's best weights on {on} ({which}, {selection['val_top1']:.2f} % top-1 there), "
+                f"after epoch {epoch} of {total}.")
+    rows = metrics if isinstance(metrics, list) else metrics.get('epochs', metrics.get('rows', []))
+    done = max((int(r.get('epoch', 0)) for r in rows), default=epoch)
+    limits = [f"A snapshot of a run in progress: exported after {done} of its {total} epochs."] if done < total else []
+    return sentence, limits
 
 
 def export_run(
@@ -113,12 +156,15 @@ def export_run(
         overwrite: bool = False,
         weights: str = 'model.safetensors',
         flip_tta: bool = False,
+        command_note: str = '',
 ) -> Path:
     """Write and validate the Hub folder ``output`` of the run folder ``run`` (``weights`` inside it) as ``tag``.
 
     Every number in the card is measured here with ``scripts/validate.py`` (in process): the whole test split at
     each of ``img_sizes`` and a seeded sample of ``ci_samples`` test images, which the test suite re-measures.
     With ``flip_tta`` (images) the whole-split rows also measure flip test-time augmentation, shown beside them.
+    The card's validate commands name ``output`` (it holds the same weights); ``command_note`` follows the train
+    command (what the command alone does not say, e.g. flags switched on when the run was resumed).
     """
     from .checkpoints import load_weights
     from .plots import update_training_plot
@@ -132,21 +178,27 @@ def export_run(
     model.eval()
 
     # validate.py reads the exported folder that holds these weights (the run itself, or its best/ or ema/)
-    rows, command = _validate(weights_path.parent, dataset, img_sizes, None, flip_tta)
-    ci_rows, ci_command = _validate(weights_path.parent, dataset, img_sizes[:1], ci_samples)
+    shown = _shown_path(output)
+    rows, command = _validate(weights_path.parent, dataset, img_sizes, None, flip_tta, shown)
+    ci_rows, ci_command = _validate(weights_path.parent, dataset, img_sizes[:1], ci_samples, shown_folder=shown)
     results = [EvalRow(dataset, 'test', r['img_size'], round(r['top1'], 2), r['count'], command,
                        flip_top1=round(r['flip_top1'], 2) if flip_tta else None) for r in rows]
     results += [EvalRow(dataset, f"test[:{ci_samples}]", r['img_size'], round(r['top1'], 2), r['count'], ci_command)
                 for r in ci_rows]
     run_args = json.loads((run / 'args.json').read_text())
+    run_info = _read_json_if_present(run / 'run_info.json')
+    metrics = json.loads((run / 'metrics.json').read_text())
+    selection = _selection(weights_path.parent)
+    selected, in_progress = _selection_notes(selection, run_args, metrics, run_info)
     info = CardInfo(
         dataset=dataset,
         dataset_name=dataset_name,
-        summary=summary or f"{tag.split('.')[0]} trained on {dataset_name} with scripts/train.py.",
-        recipe=_recipe(run_args, _read_json_if_present(run / 'run_info.json')),
+        summary=(summary or f"{tag.split('.')[0]} trained on {dataset_name} with scripts/train.py.") + selected,
+        recipe=_recipe(run_args, run_info),
         train_command=_train_command(run_args),
-        training_cost=_training_cost(json.loads((run / 'metrics.json').read_text()), hardware),
-        limitations=list(limitations),
+        training_cost=_training_cost(metrics, hardware, selection.get('epoch')),
+        limitations=in_progress + list(limitations),
+        train_command_note=command_note,
     )
     test_size = (model.in_chans, test_img_size, test_img_size) if test_img_size else None
     update_training_plot(run)  # <run>/training_curves.png from its metrics.json, shown in the card

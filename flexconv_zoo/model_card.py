@@ -56,6 +56,7 @@ class CardInfo:
         summary: One paragraph: what the weight is.
         recipe: Training recipe lines (optimizer, schedule, epochs, augmentation, regularisers, hardware).
         train_command: The exact training command.
+        train_command_note: What the command alone does not say (e.g. options switched on when resuming).
         training_cost: Wall-clock / device, e.g. ``'38 min on one H100'`` or ``'2 h on 2 CPU cores'``.
         limitations: Known limitations (data differences, short schedules, CPU training, ...).
         tags: Extra Hub tags.
@@ -70,6 +71,7 @@ class CardInfo:
     limitations: Sequence[str] = ()
     tags: Sequence[str] = ()
     license: str = 'mit'
+    train_command_note: str = ''
 
 
 def render_model_card(
@@ -112,6 +114,7 @@ def render_model_card(
         usage_input=(f"torch.randn(1, {input_size[0]}, {input_size[-1]})" if sequence
                      else f"torch.randn(1, {input_size[0]}, {input_size[1]}, {input_size[2]})"),
         recipe=list(info.recipe), training_cost=info.training_cost, train_command=info.train_command,
+        train_command_note=info.train_command_note,
         kernels=', '.join('x'.join(map(str, k)) for k in kernel_sizes),
         resolutions=', '.join(str(s) for s in sorted({int(r.input_size) for r in results})) or 'none',
         results=list(results), dataset_name=info.dataset_name, limitations=list(info.limitations),

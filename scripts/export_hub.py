@@ -39,12 +39,16 @@ def export_main(argv: Optional[Sequence[str]] = None) -> Path:
                         "validation so far: exports a run that is still training), ema/model.safetensors")
     p.add_argument('--flip-tta', action='store_true',
                    help='also measure horizontal-flip test-time augmentation (images), shown beside the single view')
+    p.add_argument('--command-note', default='',
+                   help="text after the card's train command: what the command alone does not say (e.g. flags "
+                        "switched on when the run was resumed)")
     args = p.parse_args(argv)
     output = args.output or ROOT / 'hub_configs' / args.tag
     return export_run(args.run, args.tag, args.dataset, args.dataset_name, output,
                       img_sizes=args.img_size, test_img_size=args.test_img_size, ci_samples=args.ci_samples,
                       hardware=args.hardware, summary=args.summary, limitations=args.limitation,
-                      overwrite=args.overwrite, weights=args.weights, flip_tta=args.flip_tta)
+                      overwrite=args.overwrite, weights=args.weights, flip_tta=args.flip_tta,
+                      command_note=args.command_note)
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ bytes that will be published); damaged variants and the flexnet8 fixture (random
 """
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -589,6 +590,9 @@ def test_published_hub_configs_folder(folder, tmp_path):
     loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
     assert list(loaded.pretrained_cfg['label_names']) == list(cfg.label_names)
     assert len(cfg.label_names) == loaded.num_classes
+    # the card's validate commands work for a user of this folder: they name it, not a run folder of the trainer
+    shown = re.findall(r'--checkpoint (\S+)', (folder / 'README.md').read_text())
+    assert shown and set(shown) == {f'hub_configs/{folder.name}'}, shown
     samples = [r for r in read_card_results(folder) if 0 < r.num_samples <= 512]
     assert samples, 'the card has no CI-sample row (a result on <= 512 test samples) to re-measure'
     for row in samples:
@@ -636,6 +640,29 @@ def test_card_recipe_names_the_hold_out_actually_used():
     assert 'val_size = 5000' in _recipe(args)  # an old run folder without run_info.json: the option as given
 
 
+def test_card_training_cost_stops_at_the_selected_epoch_and_commands_name_the_folder(tmp_path, monkeypatch):
+    from flexconv_zoo.hub_export import _selection, _selection_notes, _shown_path, _training_cost
+    rows = [dict(epoch=e, epoch_seconds=60.0 * e) for e in (1, 2, 3)]
+    assert _training_cost(rows, 'two cores') == '6.0 min of training (3 epochs) on two cores'
+    assert _training_cost(rows, 'two cores', 2) == '3.0 min of training (2 epochs, to these weights) on two cores'
+    assert _training_cost(rows, 'two cores', 3) == '6.0 min of training (3 epochs) on two cores'
+    best = tmp_path / 'run' / 'best'
+    best.mkdir(parents=True)
+    assert _selection(best) == {}  # no config.json: final weights, the whole run is counted
+    (best / 'config.json').write_text(json.dumps({'flexconv_zoo': {'epoch': 2, 'val_top1': 88.084, 'weights': 'ema'}}))
+    selection = _selection(best)
+    assert selection['epoch'] == 2
+    info = dict(dataset=dict(train=45000, val=5000))
+    sentence, limits = _selection_notes(selection, dict(epochs=50), rows, info)
+    assert sentence == (" These are the run's best weights on its 5,000 held-out training examples (the EMA of the "
+                        "weights, 88.08 % top-1 there), after epoch 2 of 50.")
+    assert limits == ['A snapshot of a run in progress: exported after 3 of its 50 epochs.']
+    assert _selection_notes(selection, dict(epochs=3), rows, info)[1] == []  # finished run: no snapshot line
+    monkeypatch.chdir(tmp_path)
+    assert _shown_path(tmp_path / 'hub_configs' / 'x.y') == str(Path('hub_configs') / 'x.y')
+    assert _shown_path(Path('/elsewhere/x.y')) == '/elsewhere/x.y'
+
+
 @pytest.mark.slow  # trains a full-size flexnet16 for two steps, then validates it three times
 def test_export_run_writes_a_validated_card_with_flip_tta_beside_it(tmp_path, monkeypatch):
     from flexconv_zoo.evaluation import validate_main
@@ -660,7 +687,11 @@ def test_export_run_writes_a_validated_card_with_flip_tta_beside_it(tmp_path, mo
     assert f"{measured['flip_top1']:.2f} % at 32 px (test, 20 samples)" in card
     assert '--flip-tta' in card and 'The table and the metadata above are single view' in card
     assert 'val_size = 4 (held out of 20 training examples for model selection)' in card
+    # the commands name the published folder (same weights), not the run that was measured
+    assert f"--checkpoint {tmp_path / 'hub'} " in card and f"--checkpoint {tmp_path / 'run'} " not in card
     # without the option, no flip sentence
     plain = export_run(tmp_path / 'run', 'flexnet16.cifar10', 'cifar10', 'CIFAR-10 (test copy)', tmp_path / 'hub2',
-                       img_sizes=(32,), ci_samples=8)
-    assert 'test-time augmentation' not in (plain / 'README.md').read_text()
+                       img_sizes=(32,), ci_samples=8, command_note='(resumed once with `--ema-warmup`)')
+    plain_card = (plain / 'README.md').read_text()
+    assert 'test-time augmentation' not in plain_card
+    assert re.search(r'- Command: `python scripts/train\.py [^`]+` \(resumed once with `--ema-warmup`\)\n', plain_card)

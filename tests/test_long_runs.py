@@ -279,8 +279,8 @@ def test_campaign_chunk_elsewhere_round_trip(tiny_cifar, tmp_path, cache):
 
 
 def test_campaign_script_refuses_what_it_cannot_do(tmp_path):
-    """campaign.sh: a chunk without a saved run, or without its arguments, and an unknown command fail with a
-    message that says what to do; nothing is created in the chunk folder."""
+    """campaign.sh: a chunk without a saved run, or without its arguments, an export without a tag or weights, and
+    an unknown command fail with a message that says what to do; nothing is created in the chunk folder."""
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, CAMPAIGN_RUN='tiny', CAMPAIGN_RUNS=str(tmp_path / 'saved'),
                CAMPAIGN_CHUNK_DIR=str(tmp_path / 'chunk'), CAMPAIGN_DIR=str(tmp_path / 'local'))
@@ -300,3 +300,8 @@ def test_campaign_script_refuses_what_it_cannot_do(tmp_path):
     unknown = sh('resume')
     assert unknown.returncode == 2 and 'usage:' in unknown.stderr
     assert sh('save').returncode == 1  # no run folder, no checkpoint to save
+    no_tag = sh('export')  # 'tiny' has no published tag
+    assert no_tag.returncode == 1 and 'no tag to export to' in no_tag.stderr
+    env['CAMPAIGN_RUN'] = 'flexnet16-cifar10'  # a real tag, but no weights in this (empty) run folder
+    no_best = sh('export')
+    assert no_best.returncode == 1 and f"no best/ weights in {tmp_path / 'local' / 'flexnet16-cifar10'}" in no_best.stderr
