@@ -25,6 +25,8 @@ _RECIPE_KEYS = ('model', 'initial_checkpoint', 'source_img_size', 'data', 'img_s
                 'alias_free_init', 'ema', 'mixed_precision', 'val_size', 'train_subset', 'seed')
 # train.py arguments that describe where a run is written, not what it trains
 _NOT_IN_COMMAND = ('output', 'name', 'progress', 'resume', 'data_dir')  # data_dir: one machine's folder
+# what a reader looks for first, written even where it is train.py's default
+_ALWAYS_IN_COMMAND = ('model', 'data')
 
 
 class UploadError(RuntimeError):
@@ -69,7 +71,7 @@ def _recipe(args: Dict[str, Any], run_info: Optional[Dict[str, Any]] = None) -> 
         if k not in args or args[k] in (None, False):
             continue
         if k == 'val_size' and 'val' in counts and 'train' in counts:
-            lines.append(f"val_size = {counts['val']} (held out of {counts['train'] + counts['val']} training "
+            lines.append(f"val_size = {counts['val']:,} (held out of {counts['train'] + counts['val']:,} training "
                          f"examples for model selection)")
         else:
             lines.append(f"{k} = {args[k]}")
@@ -81,13 +83,15 @@ def _read_json_if_present(path: Path) -> Optional[Dict[str, Any]]:
 
 
 def _train_command(args: Dict[str, Any]) -> str:
-    """The train.py command of a run (its args.json): every argument that differs from train.py's defaults."""
+    """The train.py command of a run (its args.json): the model and data, then every argument that differs from
+    train.py's defaults."""
     from .train_options import build_train_parser
     parser = build_train_parser()
     defaults = vars(parser.parse_args([]))
     argv = []
-    for dest, value in args.items():
-        if dest in _NOT_IN_COMMAND or dest not in defaults or value == defaults[dest]:
+    first = {k: args[k] for k in _ALWAYS_IN_COMMAND if k in args}
+    for dest, value in {**first, **args}.items():
+        if dest in _NOT_IN_COMMAND or dest not in defaults or (value == defaults[dest] and dest not in first):
             continue
         option = '--' + dest.replace('_', '-')
         if value is True:

@@ -640,6 +640,16 @@ def test_card_recipe_names_the_hold_out_actually_used():
     assert 'val_size = 5000' in _recipe(args)  # an old run folder without run_info.json: the option as given
 
 
+def test_card_train_command_names_model_and_data_then_what_differs_from_the_defaults():
+    import shlex
+    from flexconv_zoo.hub_export import _train_command
+    from flexconv_zoo.train_options import build_train_parser
+    args = vars(build_train_parser().parse_args(['--epochs', '50', '--ema', '--output', '/tmp/x']))
+    command = _train_command(args)  # flexnet16 and cifar10 are train.py's defaults, and still written
+    assert command == 'python scripts/train.py --model flexnet16 --data cifar10 --epochs 50 --ema'
+    assert vars(build_train_parser().parse_args(shlex.split(command)[2:]))['epochs'] == 50
+
+
 def test_card_training_cost_stops_at_the_selected_epoch_and_commands_name_the_folder(tmp_path, monkeypatch):
     from flexconv_zoo.hub_export import _selection, _selection_notes, _shown_path, _training_cost
     rows = [dict(epoch=e, epoch_seconds=60.0 * e) for e in (1, 2, 3)]

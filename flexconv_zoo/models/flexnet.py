@@ -201,7 +201,7 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 # Published tags: the shipped copy is the source (no network), hf_hub_id once published, sha256 of the bytes.
 default_cfgs = generate_default_cfgs({
     'flexnet16.cifar10': _cfg(
-        **hub_weights('flexnet16.cifar10', 'b555d490d7764dbb6019d0bdce62eb3186bde3c5b9cab7aa5473c5c65d0525d3'),
+        **hub_weights('flexnet16.cifar10', '2ee292b7dd575c4f46cb4e07c0c788fe020be1ea11a59c48fe6a8c346b830406'),
         label_names=CIFAR10_CLASSES),
     'flexnet16.cifar10_16px_alias_free': _cfg(
         **hub_weights('flexnet16.cifar10_16px_alias_free',
