@@ -5,8 +5,8 @@ so every scenario runs in a fresh interpreter::
 
     python tests/hub_server.py <scenario> <spec.json>
 
-The scenario prints one line ``SCENARIO-RESULT <json>`` with what it observed (outcome, error, seconds, cache
-contents); tests/test_hub.py asserts on it.
+The scenario prints one line ``SCENARIO-RESULT <json>`` with what it observed (outcome, error, seconds, sleeps,
+requests to the stand-in, cache contents); tests/test_hub.py asserts on it.
 """
 import contextlib
 import errno
@@ -176,16 +176,36 @@ def captured_stderr() -> Iterator[List[str]]:
             lines.extend(ln for ln in tmp.read().decode(errors='replace').splitlines() if ln.strip())
 
 
+@contextlib.contextmanager
+def counted_sleeps() -> Iterator[List[float]]:
+    """Record every ``time.sleep`` meanwhile (huggingface_hub's retry back-off and download-resume pauses), which
+    still sleeps: how long a load chose to wait, whatever the load on the machine."""
+    slept: List[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        slept.append(float(seconds))
+        real_sleep(seconds)
+
+    time.sleep = sleep
+    try:
+        yield slept
+    finally:
+        time.sleep = real_sleep
+
+
 def observe(fn: Callable[[], Any]) -> Dict[str, Any]:
-    """Run ``fn``: its value or its exception (type, message), the seconds it took and its stderr lines."""
+    """Run ``fn``: its value or its exception (type, message), the seconds it took, the sleeps it asked for and
+    its stderr lines."""
     warnings.simplefilter('default')
     start = time.monotonic()
-    with captured_stderr() as lines:
+    with captured_stderr() as lines, counted_sleeps() as slept:
         try:
             out = {'ok': True, 'value': fn()}
         except Exception as err:  # the pytest side asserts on the type and message
             out = {'ok': False, 'type': type(err).__name__, 'error': str(err)}
     out['seconds'] = time.monotonic() - start
+    out['sleeps'] = slept
     out['stderr'] = lines
     return out
 
@@ -194,9 +214,8 @@ def load(name: str, reference: Optional[str] = None, **kwargs: Any) -> Dict[str,
     """``timm.create_model(name, pretrained=True, **kwargs)``; the max logit error on a stored reference."""
     import timm
     import torch
-    start = time.monotonic()
     model = timm.create_model(name, pretrained=True, **kwargs).eval()
-    out: Dict[str, Any] = {'file': model.pretrained_cfg.get('file'), 'create_seconds': time.monotonic() - start}
+    out: Dict[str, Any] = {'file': model.pretrained_cfg.get('file')}
     if reference:
         import safetensors.torch
         ref = safetensors.torch.load_file(reference)
@@ -233,8 +252,10 @@ def scenario_server(spec: Dict[str, Any]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for label, item in spec['loads'].items():
         hub.behaviour.update(item.get('behaviour', {}))
+        before = len(hub.requests)
         out[label] = observe(lambda: load(item['name'], item.get('reference'), **item.get('kwargs', {})))
         out[label]['cache'] = cache_files(Path(cache), item.get('repo', ''))
+        out[label]['requests'] = [f'{method} {path}' for method, path in hub.requests[before:]]
     out['requests'] = len(hub.requests)
     hub.stop_event.set()
     del timm
