@@ -107,10 +107,15 @@ def _train_command(args: Dict[str, Any]) -> str:
     return shlex.join(['python', 'scripts/train.py', *argv])
 
 
+def _epoch_rows(metrics: Any) -> List[Dict[str, Any]]:
+    """The per-epoch rows of a run's metrics.json (a list, or a dict holding one)."""
+    return metrics if isinstance(metrics, list) else metrics.get('epochs', metrics.get('rows', []))
+
+
 def _training_cost(metrics: Any, hardware: str, through_epoch: Optional[int] = None) -> str:
     """Training minutes of the run's epochs, or of those up to ``through_epoch`` (the selected epoch of a
     ``best/`` export from a run that went on training)."""
-    rows = metrics if isinstance(metrics, list) else metrics.get('epochs', metrics.get('rows', []))
+    rows = _epoch_rows(metrics)
     to_these = ''
     if through_epoch is not None and any(int(r.get('epoch', 0)) > through_epoch for r in rows):
         rows, to_these = [r for r in rows if int(r.get('epoch', 0)) <= through_epoch], ', to these weights'
@@ -138,7 +143,7 @@ def _selection_notes(selection: Dict[str, Any], run_args: Dict[str, Any], metric
     which = 'the EMA of the weights' if selection.get('weights') == 'ema' else 'the raw weights'
     sentence = (f" These are the run's best weights on {on} ({which}, {selection['val_top1']:.2f} % top-1 there), "
                 f"after epoch {epoch} of {total}.")
-    rows = metrics if isinstance(metrics, list) else metrics.get('epochs', metrics.get('rows', []))
+    rows = _epoch_rows(metrics)
     done = max((int(r.get('epoch', 0)) for r in rows), default=epoch)
     limits = [f"A snapshot of a run in progress: exported after {done} of its {total} epochs."] if done < total else []
     return sentence, limits
