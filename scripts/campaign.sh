@@ -8,6 +8,7 @@
 #   bash scripts/campaign.sh stop      # SIGTERM: checkpoint after the current step, then exit
 #   bash scripts/campaign.sh save      # copy the newest resume state + metrics into runs/<run>/ (to commit)
 #   bash scripts/campaign.sh status    # process, epochs done, newest checkpoint
+#   bash scripts/campaign.sh then NEXT # when this run finishes (not when it is stopped), start run NEXT
 #   bash scripts/campaign.sh export [export_hub.py options]
 #                                      # publish the run's best/ weights to hub_configs/<tag> and its sha256 to
 #                                      # default_cfgs (pauses a running run while it measures: about 6 min)
@@ -120,6 +121,18 @@ case "${1:-start}" in
     newest_checkpoint "$DIR/$RUN"
     grep '^epoch' "$DIR/$RUN.log" | tail -n 3 || true
     ;;
+  then)
+    next="${2:?usage: $0 then NEXT_RUN}"
+    running || { echo "$RUN is not training: start $next with CAMPAIGN_RUN=$next $0 start" >&2; exit 1; }
+    # A watcher: when the trainer exits, a finished run (train.py wrote summary.json) starts the next one; a run
+    # that was stopped (SIGTERM, a crash) does not, so `stop` + `save` never chain by surprise.
+    nohup bash -c 'while kill -0 "$1" 2>/dev/null; do sleep "$6"; done
+      if [ -f "$2/summary.json" ]; then echo "$5 finished: starting $3"; CAMPAIGN_RUN="$3" bash "$4" start
+      else echo "$5 stopped before its end: $3 not started"; fi' \
+      watcher "$(cat "$PID_FILE")" "$DIR/$RUN" "$next" "$REPO/scripts/campaign.sh" "$RUN" "${CAMPAIGN_POLL:-30}" \
+      >> "$DIR/$RUN.log" 2>&1 &
+    echo "$next starts when $RUN finishes (watcher pid $!, messages in $DIR/$RUN.log)"
+    ;;
   export)
     [ -n "${TAG:-}" ] || { echo "run $RUN has no tag to export to (see the top of $0)" >&2; exit 1; }
     [ -f "$DIR/$RUN/best/model.safetensors" ] || { echo "no best/ weights in $DIR/$RUN yet" >&2; exit 1; }
@@ -178,5 +191,5 @@ print(weights_sha256(timm.models.get_pretrained_cfg(sys.argv[1]).to_dict()))" "$
     cp -r "$tmp/$RUN/." "$DIR/$RUN/" && rm -rf "$tmp"
     echo "unpacked $(basename "$newest") into $DIR/$RUN"
     ;;
-  *) echo "usage: $0 start|stop|save|status|export|chunk DATA OUT [SECONDS]|unpack FOLDER" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|save|status|then NEXT|export|chunk DATA OUT [SECONDS]|unpack FOLDER" >&2; exit 2 ;;
 esac

@@ -305,3 +305,37 @@ def test_campaign_script_refuses_what_it_cannot_do(tmp_path):
     env['CAMPAIGN_RUN'] = 'flexnet16-cifar10'  # a real tag, but no weights in this (empty) run folder
     no_best = sh('export')
     assert no_best.returncode == 1 and f"no best/ weights in {tmp_path / 'local' / 'flexnet16-cifar10'}" in no_best.stderr
+
+
+def test_campaign_then_starts_the_next_run_only_after_a_finished_one(tmp_path):
+    """`campaign.sh then NEXT` waits for the trainer to exit; it starts NEXT when the run finished (summary.json)
+    and not when the run was stopped. Here NEXT has no recipe, so its `start` refuses in the log: proof it ran."""
+    script = Path(__file__).resolve().parents[1] / 'scripts' / 'campaign.sh'
+    local = tmp_path / 'local'
+    (local / 'tiny').mkdir(parents=True)
+    env = dict(os.environ, CAMPAIGN_RUN='tiny', CAMPAIGN_DIR=str(local), CAMPAIGN_POLL='0.2')
+
+    def then():
+        return subprocess.run(['bash', str(script), 'then', 'other'], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    idle = then()
+    assert idle.returncode == 1 and 'tiny is not training' in idle.stderr
+    log = local / 'tiny.log'
+    for finished, expected in ((False, 'tiny stopped before its end: other not started'),
+                               (True, 'no run other in')):
+        summary = local / 'tiny' / 'summary.json'
+        if finished:
+            summary.write_text('{}')
+        trainer = subprocess.Popen(['sleep', '1'])
+        (local / 'tiny.pid').write_text(str(trainer.pid))
+        armed = then()
+        assert armed.returncode == 0 and 'other starts when tiny finishes' in armed.stdout, armed.stderr
+        assert expected not in (log.read_text() if log.exists() else '')  # nothing before the trainer exits
+        trainer.wait()
+        deadline = time.monotonic() + 30
+        while expected not in (log.read_text() if log.exists() else '') and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert expected in log.read_text(), log.read_text()
+    assert 'tiny finished: starting other' in log.read_text()
+    assert not (local / 'other').exists()  # the refused start wrote nothing
