@@ -1,9 +1,14 @@
-"""What every command-line entry point shares: one-line user errors and ``--model-kwargs`` parsing."""
+"""What every command-line entry point shares: one-line user errors, ``--model-kwargs`` and ``--val-fold``
+parsing."""
+import argparse
 import ast
 import sys
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-__all__ = ['UserError', 'run_cli', 'parse_model_kwargs']
+__all__ = ['UserError', 'run_cli', 'parse_model_kwargs', 'parse_val_fold', 'VAL_FOLD_HELP']
+
+VAL_FOLD_HELP = ("cross-validation: hold out stratified fold K of N (0 <= K < N) of the training examples instead "
+                 "of --val-size of them, e.g. 0/5 ... 4/5 (data sets with their own test split)")
 
 
 class UserError(Exception):
@@ -37,3 +42,15 @@ def parse_model_kwargs(items: Optional[Sequence[str]]) -> Dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key] = value
     return out
+
+
+def parse_val_fold(text: str) -> Tuple[int, int]:
+    """``"2/5"`` -> ``(2, 5)``: fold 2 of 5 (an argparse ``type``)."""
+    fold, sep, folds = text.partition('/')
+    try:
+        k, n = int(fold), int(folds)
+    except ValueError:
+        k = n = -1
+    if not sep or n < 2 or not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fold K/N with N >= 2 and 0 <= K < N, e.g. 0/5.")
+    return k, n

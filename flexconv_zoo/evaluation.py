@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoints import load_model, min_input_size
-from .cli import UserError, parse_model_kwargs
+from .cli import UserError, parse_model_kwargs, parse_val_fold
 from .files import atomic_path, atomic_write_text
 from .models import FlexConvModelMixin
 
@@ -174,6 +174,8 @@ def build_validate_parser() -> argparse.ArgumentParser:
     p.add_argument('--data-dir', help="folder with the data files (default: $FLEXCONV_ZOO_DATA, ../shared/data)")
     p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
     p.add_argument('--val-size', type=int, default=5000, help="hold-out size, as in training (for --split val)")
+    p.add_argument('--val-fold', type=parse_val_fold, metavar='K/N', help="the fold held out in training, as in "
+                   "training (for --split val)")
     p.add_argument('--seed', type=int, default=0, help="seed of the hold-out split, as in training")
     p.add_argument('--subset', type=int, help="evaluate on a seeded random subset of this many images")
     p.add_argument('--img-size', type=int, nargs='+', help="resolutions to evaluate (default: the training one)")
@@ -214,8 +216,11 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     if too_small:
         raise UserError(f"Resolution {too_small[0]} px is smaller than the {min_input_size(model)} px "
                         f"{type(model).__name__} accepts.")
-    splits = create_datasets(args.data, args.data_dir, val_size=args.val_size, seed=args.seed,
-                             eval_subset=args.subset)
+    try:
+        splits = create_datasets(args.data, args.data_dir, val_size=args.val_size, seed=args.seed,
+                                 eval_subset=args.subset, val_fold=args.val_fold)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     dataset = getattr(splits, args.split)
     if args.split == 'train' and args.subset:
         dataset.indices = dataset.indices[:args.subset]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .checkpoints import latest_checkpoint
-from .cli import UserError
+from .cli import VAL_FOLD_HELP, UserError, parse_val_fold
 from .progressive import parse_size_schedule
 
 __all__ = ['build_train_parser', 'resolve_train_args', 'validate_train_args', 'RESUME_OVERRIDES']
@@ -19,6 +19,10 @@ RESUME_OVERRIDES = ('stop_after_steps', 'workers', 'progress', 'checkpoint_every
                     'mixed_precision', 'cpu', 'data_dir', 'track_test', 'channels_last', 'ema_warmup')
 # data_dir: the same files on another machine; channels_last: a memory layout, the same function (a speed choice);
 # ema_warmup: the schedule of the weight average, which never feeds back into training
+
+
+# data sets without a test split of their own: the paper's stratified 70/15/15 split of all examples
+_SPLIT_70_15_15 = ('speech_commands', 'speech_commands_raw', 'character_trajectories')
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -42,6 +46,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--data-dir', help="folder with the data files (default: $FLEXCONV_ZOO_DATA, ../shared/data)")
     g.add_argument('--val-size', type=int, default=5000,
                    help="training images held out for model selection (0: train on all of them, no best/)")
+    g.add_argument('--val-fold', type=parse_val_fold, metavar='K/N', help=VAL_FOLD_HELP)
     g.add_argument('--train-subset', type=int, help="train on a seeded subset of this many examples")
     g.add_argument('--eval-subset', type=int, help="validate/test on seeded subsets of this many examples")
     g.add_argument('--no-augment', action='store_true', help="no random crop / flip")
@@ -101,6 +106,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--track-test', action='store_true',
                    help="also evaluate the test split after every epoch, for learning curves only: model selection "
                         "stays on the validation split")
+    g.add_argument('--no-test', action='store_true',
+                   help="skip the test split at the end as well (cross-validation folds: recipes are compared "
+                        "without seeing it)")
     return p
 
 
@@ -170,6 +178,11 @@ def validate_train_args(args: argparse.Namespace) -> None:
         where = 'an ImageFolder path that does not exist' if (os.sep in data or '/' in data) else 'not a data set'
         raise UserError(f"--data {data} is {where}: use one of {', '.join(DATASETS)} or the path of an ImageFolder "
                         f"tree <dir>/{{train,test}}/<class>/*.")
+    if getattr(args, 'no_test', False) and getattr(args, 'track_test', False):
+        raise UserError("--no-test and --track-test contradict each other: leave one out.")
+    if getattr(args, 'val_fold', None) and data.lower().replace('-', '_') in _SPLIT_70_15_15:
+        raise UserError(f"--val-fold needs a data set with its own test split; {data} is split 70/15/15 into "
+                        f"train/val/test as in the paper.")
     if args.resume:
         _check_writable(Path(args.resume) / 'checkpoints', '--resume')
     else:

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -197,6 +197,12 @@ def param_groups(model: nn.Module, weight_decay: float, mask_lr_scale: float) ->
     return [g for g in groups if g['params']]
 
 
+def _val_fold(args: argparse.Namespace) -> Optional[Tuple[int, int]]:
+    """``--val-fold`` as ``(fold, folds)``; a resumed run's args.json holds it as a list."""
+    fold = getattr(args, 'val_fold', None)
+    return tuple(fold) if fold else None
+
+
 def _transforms(model: nn.Module, splits, augment: bool):
     from timm.data import resolve_data_config
     from .data import create_train_transform, create_eval_transform
@@ -279,8 +285,12 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                               cpu=args.cpu, rng_types=[], project_dir=str(runs_parent),
                               log_with='tensorboard' if is_tensorboard_available() else None)
     set_seed(args.seed)
-    splits = create_datasets(args.data, args.data_dir, val_size=args.val_size, seed=args.seed,
-                             train_subset=args.train_subset, eval_subset=args.eval_subset)
+    try:
+        splits = create_datasets(args.data, args.data_dir, val_size=args.val_size, seed=args.seed,
+                                 train_subset=args.train_subset, eval_subset=args.eval_subset,
+                                 val_fold=_val_fold(args))
+    except ValueError as e:  # a hold-out the data cannot give (e.g. --val-fold on a folder without a test split)
+        raise UserError(str(e)) from None
     model, model_kwargs, input_kwargs = _build_model(args, splits)
     if args.alias_free_init:
         # on the training grid; a resumed run then loads its own weights over it
@@ -598,24 +608,31 @@ class _Loop:
         return gather_object([h.hexdigest()])
 
     def finish(self, test_loader) -> Dict[str, Any]:
-        """Report the test split (final, EMA) and export the final weights in the Hub layout."""
+        """Report the test split (final, EMA; not with ``--no-test``) and export the final weights in the Hub
+        layout."""
         acc, state = self.acc, self.state
-        test = evaluate(self.model, self.progress(test_loader, 'testing'), accelerator=acc)
+        skip_test = getattr(self.args, 'no_test', False)
+        test = None if skip_test else evaluate(self.model, self.progress(test_loader, 'testing'), accelerator=acc)
         summary = dict(run_dir=str(self.run_dir), stopped=False, global_step=state.global_step,
                        epochs=self.args.epochs, best_epoch=state.best_epoch, best_val_top1=state.best_top1,
                        test=test, final=state.history[-1] if state.history else None)
         summary['rank_weight_digests'] = self.weight_digests()
-        if self.ema is not None:
+        if self.ema is not None and not skip_test:
             summary['ema_test'] = evaluate(self.ema.module, self.progress(test_loader, 'testing EMA'), accelerator=acc)
         if acc.is_main_process:
-            meta = dict(flexconv_zoo=dict(epochs=self.args.epochs, test_top1=test['top1'],
-                                          data=self.splits.name, note="test split reported, never used for selection"))
+            meta = dict(flexconv_zoo=dict(epochs=self.args.epochs, data=self.splits.name,
+                                          note="test split reported, never used for selection"))
+            if test is not None:
+                meta['flexconv_zoo']['test_top1'] = test['top1']
             export_weights(self.unwrapped, self.run_dir, self.splits.class_names, meta)
             if self.ema is not None:
                 export_weights(self.ema.module, self.run_dir / 'ema', self.splits.class_names, meta)
             atomic_write_text(self.run_dir / 'summary.json', json.dumps(summary, indent=2))
-        acc.print(f"test top1 {test['top1']:.2f} top5 {test['top5']:.2f} ({test['count']} images); "
-                  f"weights in {self.run_dir}")
+        if test is None:
+            acc.print(f"test split not evaluated (--no-test); weights in {self.run_dir}")
+        else:
+            acc.print(f"test top1 {test['top1']:.2f} top5 {test['top5']:.2f} ({test['count']} images); "
+                      f"weights in {self.run_dir}")
         acc.wait_for_everyone()
         acc.end_training()
         return summary

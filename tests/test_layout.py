@@ -19,7 +19,7 @@ LEVELS = {
     'baselines': 4,
     'evaluation': 5, 'train_options': 5, 'hub_folder': 5,
     'training': 6,
-    'prediction': 7, 'hub_export': 7, 'benchmarking': 7, 'training_timing': 7, 'campaign_report': 7,
+    'prediction': 7, 'hub_export': 7, 'benchmarking': 7, 'training_timing': 7, 'campaign_report': 7, 'cross_validation': 7,
 }
 
 

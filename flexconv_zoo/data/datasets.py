@@ -44,7 +44,7 @@ __all__ = [
     'default_cache_dir', 'load_cifar10_tarball', 'load_cifar10_batches', 'load_image_folder', 'load_fashion_mnist',
     'load_mnist1d', 'load_speech_commands', 'load_character_trajectories', 'load_japanese_vowels',
     'find_japanese_vowels', 'read_ts_file', 'stratified_split',
-    'holdout_split', 'DATASETS', 'CIFAR10_CLASSES', 'SPEECH_COMMANDS_WORDS',
+    'holdout_split', 'kfold_split', 'DATASETS', 'CIFAR10_CLASSES', 'SPEECH_COMMANDS_WORDS',
 ]
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
@@ -186,6 +186,22 @@ def holdout_split(num: int, holdout: int, seed: int = 0) -> Tuple[np.ndarray, np
         raise ValueError(f"Cannot hold out {holdout} of {num} examples for validation.")
     perm = np.random.default_rng(seed).permutation(num)
     return np.sort(perm[holdout:]), np.sort(perm[:holdout])
+
+
+def kfold_split(targets: np.ndarray, fold: int, folds: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """``(keep, holdout)`` for cross-validation: the ``fold``-th of ``folds`` stratified, seeded folds of
+    ``range(len(targets))``. Each class is dealt round-robin over the folds from a seeded shuffle, so the folds
+    partition the examples and every class is spread over them as evenly as its count allows."""
+    if not (folds >= 2 and 0 <= fold < folds):
+        raise ValueError(f"Fold {fold} of {folds} does not exist: folds must be >= 2 and 0 <= fold < folds.")
+    targets = np.asarray(targets)
+    if len(targets) < folds:
+        raise ValueError(f"Cannot split {len(targets)} examples into {folds} folds.")
+    order = np.random.default_rng(seed).permutation(len(targets))
+    order = order[np.argsort(targets[order], kind='stable')]  # grouped by class, shuffled within
+    hold = np.zeros(len(targets), dtype=bool)
+    hold[order[fold::folds]] = True
+    return np.flatnonzero(~hold), np.flatnonzero(hold)
 
 
 def stratified_split(targets: np.ndarray, fractions: Sequence[float] = (0.7, 0.15, 0.15),
@@ -611,8 +627,12 @@ def _subset(indices: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed + 1).choice(indices, size=limit, replace=False))
 
 
-def _from_train_test(name: str, train, test, val_size: int, seed: int, **info) -> DataSplits:
-    keep, hold = holdout_split(len(train), min(val_size, len(train) // 5) if val_size else 0, seed)
+def _from_train_test(name: str, train, test, val_size: int, seed: int, val_fold: Optional[Tuple[int, int]] = None,
+                     **info) -> DataSplits:
+    if val_fold is not None:
+        keep, hold = kfold_split(train.targets, *val_fold, seed=seed)
+    else:
+        keep, hold = holdout_split(len(train), min(val_size, len(train) // 5) if val_size else 0, seed)
     return DataSplits(name, SplitView(train, keep, seed=seed), SplitView(train, hold),
                       SplitView(test, np.arange(len(test))), **info)
 
@@ -630,6 +650,7 @@ def create_datasets(
         seed: int = 0,
         train_subset: Optional[int] = None,
         eval_subset: Optional[int] = None,
+        val_fold: Optional[Tuple[int, int]] = None,
 ) -> DataSplits:
     """Train / val / test splits of data set ``name`` (one of :data:`DATASETS`, or the path of an ImageFolder).
 
@@ -641,35 +662,42 @@ def create_datasets(
             only a train/test split.
         seed: Seed of the hold-out split and of the per-example augmentation.
         train_subset, eval_subset: Use a seeded random subset of at most this many train / val+test examples.
+        val_fold: ``(fold, folds)``: hold out that stratified fold of the training examples instead of ``val_size``
+            of them (:func:`kfold_split`; cross-validation on small sets), where the data come with a test split.
     """
     data_dir = Path(data_dir) if data_dir is not None else None
-    splits = _load(name, data_dir, cache_dir, val_size, seed)
+    splits = _load(name, data_dir, cache_dir, val_size, seed, val_fold)
     splits.train.indices = _subset(splits.train.indices, train_subset, seed)
     splits.val.indices = _subset(splits.val.indices, eval_subset, seed)
     splits.test.indices = _subset(splits.test.indices, eval_subset, seed)
     return splits
 
 
-def _load(name: str, data_dir: Optional[Path], cache_dir, val_size: int, seed: int) -> DataSplits:
+def _load(name: str, data_dir: Optional[Path], cache_dir, val_size: int, seed: int,
+          val_fold: Optional[Tuple[int, int]] = None) -> DataSplits:
     key = name.lower().replace('-', '_')
     if key == 'cifar10':
         kind, path = _find_cifar10(data_dir)
         if kind == 'folder':
-            return _image_folder_splits(path, val_size, seed, name='cifar10')
+            return _image_folder_splits(path, val_size, seed, name='cifar10', val_fold=val_fold)
         arrays = load_cifar10_tarball(path, cache_dir) if kind == 'tarball' else load_cifar10_batches(path)
         return _from_train_test('cifar10', ArrayDataset(*arrays['train']), ArrayDataset(*arrays['test']), val_size,
-                                seed, num_classes=10, in_chans=3, kind='image', native_size=(32, 32),
-                                class_names=CIFAR10_CLASSES, mean=CIFAR10_MEAN, std=CIFAR10_STD, source=str(path))
+                                seed, val_fold=val_fold, num_classes=10, in_chans=3, kind='image',
+                                native_size=(32, 32), class_names=CIFAR10_CLASSES, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                                source=str(path))
     if key == 'fashion_mnist':
         arrays = load_fashion_mnist(data_dir)
         return _from_train_test('fashion_mnist', ArrayDataset(*arrays['train']), ArrayDataset(*arrays['test']),
-                                val_size, seed, num_classes=10, in_chans=1, kind='image', native_size=(28, 28),
-                                mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
+                                val_size, seed, val_fold=val_fold, num_classes=10, in_chans=1, kind='image',
+                                native_size=(28, 28), mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
     if key == 'mnist1d':
         arrays = load_mnist1d(cache_dir)
         return _from_train_test('mnist1d', ArrayDataset(*arrays['train']), ArrayDataset(*arrays['test']),
-                                min(val_size, 500), seed, num_classes=10, in_chans=1, kind='sequence',
-                                native_size=(40,))
+                                min(val_size, 500), seed, val_fold=val_fold, num_classes=10, in_chans=1,
+                                kind='sequence', native_size=(40,))
+    if val_fold is not None and key in ('speech_commands', 'speech_commands_raw', 'character_trajectories'):
+        raise ValueError(f"{name} is split 70/15/15 into train/val/test as in the paper: a --val-fold hold-out needs "
+                         f"a data set with its own test split.")
     if key in ('speech_commands', 'speech_commands_raw'):
         x, y = load_speech_commands(data_dir, mfcc=key == 'speech_commands')
         return _from_all(key, ArrayDataset(x, y), seed, num_classes=10, in_chans=x.shape[1], kind='sequence',
@@ -681,21 +709,24 @@ def _load(name: str, data_dir: Optional[Path], cache_dir, val_size: int, seed: i
     if key == 'japanese_vowels':
         arrays = load_japanese_vowels(data_dir)
         return _from_train_test(key, ArrayDataset(*arrays['train']), ArrayDataset(*arrays['test']), val_size, seed,
-                                num_classes=9, in_chans=12, kind='sequence', native_size=(JAPANESE_VOWELS_LENGTH,),
-                                class_names=JAPANESE_VOWELS_CLASSES,
+                                val_fold=val_fold, num_classes=9, in_chans=12, kind='sequence',
+                                native_size=(JAPANESE_VOWELS_LENGTH,), class_names=JAPANESE_VOWELS_CLASSES,
                                 source=str(find_japanese_vowels(data_dir)[0].parent))
     if os.sep in name or '/' in name or Path(name).exists():
-        return _image_folder_splits(Path(name), val_size, seed)
+        return _image_folder_splits(Path(name), val_size, seed, val_fold=val_fold)
     raise ValueError(f"Unknown data set {name!r}: use one of {', '.join(DATASETS)} or an ImageFolder path.")
 
 
-def _image_folder_splits(root: Path, val_size: int, seed: int, name: Optional[str] = None) -> DataSplits:
+def _image_folder_splits(root: Path, val_size: int, seed: int, name: Optional[str] = None,
+                         val_fold: Optional[Tuple[int, int]] = None) -> DataSplits:
     parts, classes = load_image_folder(root)
     train = parts['train']
     info = dict(num_classes=len(classes), in_chans=3, kind='image', native_size=_folder_image_size(train),
                 class_names=classes, source=str(root))
     if 'test' in parts:
-        return _from_train_test(name or root.name, train, parts['test'], val_size, seed, **info)
+        return _from_train_test(name or root.name, train, parts['test'], val_size, seed, val_fold=val_fold, **info)
+    if val_fold is not None:
+        raise ValueError(f"{root} has no test split: a --val-fold hold-out needs a data set with its own test split.")
     tr, va, te = stratified_split(train.targets, (0.7, 0.15, 0.15), seed)
     return DataSplits(name or root.name, SplitView(train, tr, seed=seed), SplitView(train, va),
                       SplitView(train, te), **info)
