@@ -67,6 +67,9 @@ def parse_args(argv=None):
                         "'--sections memory' for the memory table alone")
     p.add_argument('--quick', action='store_true', help='flexnet16 only, fewer rounds and dispatch sizes (~1 min)')
     p.add_argument('--full', action='store_true', help='every dispatch size up to 16,000 steps, all rounds')
+    p.add_argument('--dispatch-batch', type=int, help='dispatch section: 2-D batch size (default 16 on CPU, 64 on '
+                   'CUDA or with --full)')
+    p.add_argument('--dispatch-2d', type=int, nargs='+', metavar='TAPS', help='dispatch section: the 2-D kernel sizes')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave the default)')
     p.add_argument('--json', default='benchmark.json', help='where to write the results')
     args = p.parse_args(argv)
@@ -77,6 +80,7 @@ def parse_args(argv=None):
     args.sections = set(args.sections.split(','))
     if args.sections - set(SECTIONS):
         p.error(f"unknown --sections {sorted(args.sections - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
+    given_batch, given_2d = args.dispatch_batch, args.dispatch_2d
     args.dispatch_batch = 64 if args.device.startswith('cuda') or args.full else 16
     args.dispatch_batch_1d = 16 if args.device.startswith('cuda') or args.full else 4
     if args.quick:
@@ -85,6 +89,14 @@ def parse_args(argv=None):
         args.dispatch_2d, args.dispatch_1d = list(range(3, 34, 2)), [64, 128, 256, 512, 1000, 2000, 4000, 8000, 16000]
     else:
         args.dispatch_2d, args.dispatch_1d = [3, 5, 7, 9, 11, 13, 17, 21, 25, 33], [64, 256, 1000, 4000]
+    if given_batch is not None:
+        if given_batch < 1:
+            p.error(f"--dispatch-batch {given_batch} is invalid: it must be a positive integer")
+        args.dispatch_batch = given_batch
+    if given_2d:
+        if min(given_2d) < 1:
+            p.error(f"--dispatch-2d {min(given_2d)} is invalid: kernel sizes are positive")
+        args.dispatch_2d, args.dispatch_1d = given_2d, []  # the 2-D sizes asked for, alone
     return args
 
 

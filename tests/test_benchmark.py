@@ -35,3 +35,33 @@ def test_benchmark_smoke_run_writes_tables_and_json(tmp_path):
     assert all(r['peak_mib'] > 0 and r['vs_resnet44'] > 0 for r in result['memory'])
     assert all(r['train_vs_plain'] > 0 for r in result['memory'] if r['variant'] != 'plain')
     assert result['env']['torch'] and 'channels_last' in result['env']
+
+
+def _benchmark_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('benchmark_script', ROOT / 'scripts' / 'benchmark.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dispatch_options_pick_the_batch_and_the_kernel_sizes(capsys):
+    script = _benchmark_script()
+    args = script.parse_args(['--dispatch-batch', '64', '--dispatch-2d', '5', '7'])
+    assert (args.dispatch_batch, args.dispatch_2d, args.dispatch_1d) == (64, [5, 7], [])
+    assert script.parse_args([]).dispatch_batch == 16  # the CPU default
+    with pytest.raises(SystemExit) as exc:
+        script.parse_args(['--dispatch-batch', '0'])
+    assert exc.value.code == 2 and '--dispatch-batch 0' in capsys.readouterr().err
+
+
+def test_dispatch_section_times_both_paths_and_reports_the_training_pick(tmp_path):
+    out = tmp_path / 'dispatch.json'
+    cmd = [sys.executable, 'scripts/benchmark.py', '--threads', '1', '--sections', 'dispatch', '--img-size', '8',
+           '--dispatch-batch', '16', '--dispatch-2d', '3', '7', '--rounds', '1', '--json', str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())['dispatch']
+    assert [(r['kernel'], r['input']) for r in rows] == [(3, [16, 48, 8, 8]), (7, [16, 48, 8, 8])]
+    assert [r['auto'] for r in rows] == ['direct', 'fft']  # a training step of 16: the FFT from 7x7 (the table)
+    assert all(r['fft_s'] > 0 and r['direct_s'] > 0 and r['fastest'] in ('fft', 'direct') for r in rows)

@@ -11,7 +11,8 @@ import timm
 
 import flexconv_zoo  # noqa: F401
 from flexconv_zoo.layers import FlexConv1d, FlexConv2d, fftconv
-from flexconv_zoo.layers.fftconv import conv_direct, conv_fft, conv_nd, fft_length, next_fast_len, select_conv_method
+from flexconv_zoo.layers.fftconv import (
+    TRAINING_MIN_BATCH, conv_direct, conv_fft, conv_nd, fft_length, next_fast_len, select_conv_method)
 
 
 @pytest.fixture(autouse=True)
@@ -220,6 +221,21 @@ def test_autotune_disabled_or_untimeable_uses_the_table():
     fftconv.set_autotune(True)
     assert select_conv_method(x.to('meta'), w.to('meta')) == 'fft'
     assert fftconv.autotune_cache() == {}
+
+
+def test_training_steps_of_a_full_batch_take_the_fft_from_7_taps():
+    fftconv.set_autotune(False)
+    x, w, _ = _rand_conv(16, 4, 4, (16, 16), (7, 7))
+    assert fftconv.choose_conv_method((7, 7), 'cpu') == 'direct'  # forward passes: the general table
+    assert fftconv.choose_conv_method((7, 7), 'cpu', batch_size=16, backward=True) == 'fft'
+    assert fftconv.choose_conv_method((5, 5), 'cpu', batch_size=64, backward=True) == 'direct'
+    assert select_conv_method(x, w) == 'direct'  # nothing requires a gradient
+    w.requires_grad_(True)
+    assert select_conv_method(x, w) == 'fft'  # a training step: the weights need gradients
+    with torch.no_grad():
+        assert select_conv_method(x, w) == 'direct'
+    assert select_conv_method(x[:TRAINING_MIN_BATCH - 1], w) == 'direct'  # e.g. an epoch's last, short batch
+    assert fftconv.choose_conv_method((7,), 'cpu', batch_size=64, backward=True) == 'direct'  # 1-D: no row
 
 
 def test_conv_nd_rejects_unknown_method():

@@ -33,8 +33,8 @@ Speed notes (measured, see ``scripts/benchmark.py`` and ``docs/PERFORMANCE.md``)
   into NCHW, as the inverse FFT leaves the spatial axes innermost), so one FFT layer's training step is about
   5 % slower in channels_last than in NCHW (199 vs 191 ms, 48->48, 33x33, batch 64, 1 thread).
 
-:func:`conv_nd` with ``method='auto'`` uses the threshold table ``FFT_THRESHOLDS`` (deterministic, no set-up
-cost). Autotuning is opt-in (``FLEXCONV_AUTOTUNE=1`` or :func:`set_autotune`): the faster path is then measured
+:func:`conv_nd` with ``method='auto'`` uses the threshold tables ``FFT_THRESHOLDS`` and, for training steps of
+16 or more examples, ``FFT_THRESHOLDS_TRAINING`` (deterministic, no set-up cost). Autotuning is opt-in (``FLEXCONV_AUTOTUNE=1`` or :func:`set_autotune`): the faster path is then measured
 once per device and shape (:func:`select_conv_method`; on CPU a direct convolution is first estimated from one
 32x32 tile, so a large first input costs about one FFT timing), except where timing is not possible
 (``torch.compile``/export, FX tracing, meta tensors, CUDA graph capture).
@@ -54,14 +54,15 @@ __all__ = [
     'next_fast_len', 'fft_length', 'kernel_bucket', 'conv_direct', 'conv_direct_untrimmed', 'conv_fft', 'conv_nd', 'choose_conv_method',
     'select_conv_method', 'set_autotune', 'autotune_enabled', 'clear_autotune_cache', 'autotune_cache',
     'set_recompute_spectra', 'recompute_spectra_enabled',
-    'CONV_METHODS', 'FFT_THRESHOLDS',
+    'CONV_METHODS', 'FFT_THRESHOLDS', 'FFT_THRESHOLDS_TRAINING', 'TRAINING_MIN_BATCH',
 ]
 
 CONV_METHODS = ('auto', 'direct', 'fft')
 
 # Fallback when the choice cannot be measured: kernel size (taps along the longest dimension) from which
-# the FFT is used. ('cpu', 2) is the crossover measured on a 2-core CPU (training step of one 48->48 conv
-# on 32x32, batch 16: direct fastest up to 7x7, the FFT from 9x9; docs/PERFORMANCE.md). ('cpu', 1) is
+# the FFT is used. ('cpu', 2) is the crossover measured on a 2-core CPU for one 48->48 conv on 32x32: a
+# forward pass at batch 256 ties at 7x7 and the FFT is 2x faster at 9x9 (a training step at batch 16 also
+# crossed at 9x9 before the FFT backward reused its spectra; docs/PERFORMANCE.md). ('cpu', 1) is
 # conservative: those measurements (30->30 causal, batch 4) had the FFT ahead already at 64 taps, the
 # smallest 1-D size timed. The CUDA rows are estimates, not measurements: no GPU has been measured in this
 # project (FLEXCONV_AUTOTUNE=1 times both paths on the hardware at hand).
@@ -71,6 +72,13 @@ FFT_THRESHOLDS = {
     ('cpu', 1): 256,
     ('cuda', 1): 256,
 }
+# Training steps (a backward follows) of at least TRAINING_MIN_BATCH examples: the direct path's weight gradient
+# costs more than the FFT's, whose backward reuses the forward's spectra, so the FFT wins earlier. Measured on the
+# 2-core CPU (session 8, docs/PERFORMANCE.md): 48->48 at 32x32, 7x7 taps, batch 16: FFT 1.2-1.4x faster, batch 64:
+# 1.7-2.5x; flexnet16 at 16 px, batch 64, all kernels 7x7: a 1.4-1.8x faster step. Forward-only passes keep the
+# table above: there the FFT only ties at 7x7 (batch 256) and loses 10x at batch 1.
+FFT_THRESHOLDS_TRAINING = {('cpu', 2): 7}
+TRAINING_MIN_BATCH = 16
 
 
 @functools.lru_cache(maxsize=None)
@@ -418,10 +426,15 @@ def conv_fft(
     return _fft(x, weight, bias, before)
 
 
-def choose_conv_method(kernel_size: Sequence[int], device_type: str) -> str:
-    """'fft' or 'direct' for a kernel of ``kernel_size`` on ``device_type`` from the fixed table."""
+def choose_conv_method(kernel_size: Sequence[int], device_type: str, batch_size: Optional[int] = None,
+                       backward: bool = False) -> str:
+    """'fft' or 'direct' for a kernel of ``kernel_size`` on ``device_type`` from the fixed tables: a training
+    step (``backward``) of at least ``TRAINING_MIN_BATCH`` examples uses ``FFT_THRESHOLDS_TRAINING`` where it has
+    a row, everything else ``FFT_THRESHOLDS``."""
     dim = len(kernel_size)
     threshold = FFT_THRESHOLDS.get((device_type, dim), FFT_THRESHOLDS[('cuda', dim)])
+    if backward and batch_size is not None and batch_size >= TRAINING_MIN_BATCH:
+        threshold = FFT_THRESHOLDS_TRAINING.get((device_type, dim), threshold)
     return 'fft' if max(kernel_size) >= threshold else 'direct'
 
 
@@ -544,9 +557,9 @@ def select_conv_method(x: torch.Tensor, weight: torch.Tensor, causal: bool = Fal
     Falls back to :func:`choose_conv_method` where timing is impossible or autotuning is disabled.
     """
     kernel_size = tuple(weight.shape[2:])
-    if not _AUTOTUNE or not _can_time(x, weight):
-        return choose_conv_method(kernel_size, x.device.type)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if not _AUTOTUNE or not _can_time(x, weight):
+        return choose_conv_method(kernel_size, x.device.type, x.shape[0], needs_grad)
     dev = x.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.result_type(x, weight)
     key = (
