@@ -258,7 +258,7 @@ default_cfgs = generate_default_cfgs({
     'flextcn4.mnist1d': _mnist1d_cfg('flextcn4', '8e104d7fc80d13538fbdb0d79362225e23f19c012802d061a2c9ac2fa5659d37'),
     'flextcn6.mnist1d': _mnist1d_cfg('flextcn6', '0e3c992f97b39532100c8a42a28f231b42e29a67e35306ccd28b6ff0417540c5'),
     'flextcn4.japanese_vowels': _japanese_vowels_cfg(
-        'flextcn4', 'e38ac1ece3a8fde790cd3547e26703a29a6265c5c090123a1109f72af9da8da9'),
+        'flextcn4', '692f16cd8808aa3a224849b606c9b7e0d6024192c70e3d35c9880668f7ac7c13'),
     'flextcn2.untrained': _cfg(),
     'flextcn4.untrained': _cfg(),
     'flextcn6.untrained': _cfg(),
