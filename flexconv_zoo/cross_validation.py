@@ -95,9 +95,9 @@ def summarise_folds(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         if any(r.get(key) is None for r in rows):
             return None
         return sum(r[key] * r['val_examples'] for r in rows) / total
-    correct = round(pooled('val_top1') * total / 100) if pooled('val_top1') is not None else None
-    return dict(folds=len(rows), val_examples=total, val_correct=correct, val_top1=pooled('val_top1'),
-                val_loss=pooled('val_loss'), ema_val_top1=pooled('ema_val_top1'))
+    top1 = pooled('val_top1')
+    return dict(folds=len(rows), val_examples=total, val_correct=None if top1 is None else round(top1 * total / 100),
+                val_top1=top1, val_loss=pooled('val_loss'), ema_val_top1=pooled('ema_val_top1'))
 
 
 def format_cv_table(rows: Sequence[Dict[str, Any]], pooled: Dict[str, Any]) -> str:
