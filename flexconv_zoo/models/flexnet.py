@@ -201,7 +201,7 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 # Published tags: the shipped copy is the source (no network), hf_hub_id once published, sha256 of the bytes.
 default_cfgs = generate_default_cfgs({
     'flexnet16.cifar10': _cfg(
-        **hub_weights('flexnet16.cifar10', '6e3f82d1ec13fe1ee839da6e2855b9044d95a2c6e5fe520d3ac6f558e02dc822'),
+        **hub_weights('flexnet16.cifar10', '347838faf2888e6c137f2ea30e56d3e47a0efdbdc91f3a6429c149baac60bbec'),
         label_names=CIFAR10_CLASSES),
     'flexnet16.cifar10_16px_alias_free': _cfg(
         **hub_weights('flexnet16.cifar10_16px_alias_free',
