@@ -21,10 +21,6 @@ RESUME_OVERRIDES = ('stop_after_steps', 'workers', 'progress', 'checkpoint_every
 # ema_warmup: the schedule of the weight average, which never feeds back into training
 
 
-# data sets without a test split of their own: the paper's stratified 70/15/15 split of all examples
-_SPLIT_70_15_15 = ('speech_commands', 'speech_commands_raw', 'character_trajectories')
-
-
 # ------------------------------------------------------------------------------------------------ CLI
 def build_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train or fine-tune a FlexConv model with Accelerate.")
@@ -180,9 +176,6 @@ def validate_train_args(args: argparse.Namespace) -> None:
                         f"tree <dir>/{{train,test}}/<class>/*.")
     if getattr(args, 'no_test', False) and getattr(args, 'track_test', False):
         raise UserError("--no-test and --track-test contradict each other: leave one out.")
-    if getattr(args, 'val_fold', None) and data.lower().replace('-', '_') in _SPLIT_70_15_15:
-        raise UserError(f"--val-fold needs a data set with its own test split; {data} is split 70/15/15 into "
-                        f"train/val/test as in the paper.")
     if args.resume:
         _check_writable(Path(args.resume) / 'checkpoints', '--resume')
     else:
