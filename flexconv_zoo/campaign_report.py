@@ -11,13 +11,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .cli import UserError
 
-__all__ = ['COLUMNS', 'epoch_table', 'calendar', 'campaign_report']
+__all__ = ['COLUMNS', 'OPTIONAL_COLUMNS', 'epoch_table', 'calendar', 'campaign_report']
 
 COLUMNS = (('epoch', 'epoch', '{:d}'), ('img_size', 'px', '{:d}'), ('lr', 'lr', '{:.2e}'),
            ('train_loss', 'train loss', '{:.3f}'), ('val_top1', 'val top-1', '{:.2f}'),
            ('ema_val_top1', 'EMA val top-1', '{:.2f}'), ('test_top1', 'test top-1 (tracked)', '{:.2f}'),
            ('ema_test_top1', 'EMA test top-1 (tracked)', '{:.2f}'), ('mean_kernel_size', 'mean kernel', '{:.1f}'),
            ('train_images_per_s', 'img/s', '{:.0f}'), ('epoch_seconds', 'epoch min', '{:.1f}'))
+# Shown only for runs that record it (an --alias-free run, from the code that logs it on).
+OPTIONAL_COLUMNS = (('alias_free_penalty', 'alias-free penalty', '{:.4f}'),)
 
 
 def _cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
@@ -28,9 +30,10 @@ def _cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
 
 
 def epoch_table(history: Sequence[Mapping[str, Any]]) -> str:
-    """One markdown row per epoch of ``metrics.json``."""
-    lines = ['| ' + ' | '.join(title for _, title, _ in COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-    lines += ['| ' + ' | '.join(_cell(row, key, fmt) for key, _, fmt in COLUMNS) + ' |' for row in history]
+    """One markdown row per epoch of ``metrics.json``, plus the optional columns some epoch of the run records."""
+    columns = COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(row.get(c[0]) is not None for row in history))
+    lines = ['| ' + ' | '.join(title for _, title, _ in columns) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join(_cell(row, key, fmt) for key, _, fmt in columns) + ' |' for row in history]
     return '\n'.join(lines)
 
 

@@ -571,13 +571,14 @@ class _Loop:
             row['test_top1'] = evaluate(self.model, test_loader, accelerator=acc)['top1']
             if self.ema is not None:
                 row['ema_test_top1'] = evaluate(self.ema.module, test_loader, accelerator=acc)['top1']
-        state.history.append(row)
         penalty = ''
         if self.args.alias_free:  # the training loss includes it: say so, or 314.3 next to a val loss of 1.9 puzzles
             with torch.no_grad():
                 value = self.unwrapped.alias_free_penalty(weight=self.args.alias_free,
                                                           include_mask=self.args.alias_free_mask).item()
             penalty = f" (cross-entropy + alias-free penalty, now {value:.4f})"
+            row['alias_free_penalty'] = value
+        state.history.append(row)
         acc.print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}{penalty} top1 {row['train_top1']:.2f}"
                   + (f" | val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f}" if 'val_top1' in row else '')
                   + (f" | ema val top1 {row['ema_val_top1']:.2f}" if 'ema_val_top1' in row else '')

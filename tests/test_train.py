@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import flexconv_zoo  # noqa: F401  (registers the models)
 from conftest import write_image_folder
+from flexconv_zoo.campaign_report import epoch_table
 from flexconv_zoo.cli import run_cli
 from flexconv_zoo.training import param_groups, train_main
 
@@ -344,6 +345,14 @@ def test_epoch_line_says_the_alias_free_penalty_is_in_the_train_loss(tiny_data, 
                 '--alias-free'])
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('epoch 1:'))
     assert 'train loss' in line and '(cross-entropy + alias-free penalty, now ' in line
+    # metrics.json records the value printed, and the campaign report gives it a column
+    rows = json.loads((tmp_path / 'af' / 'metrics.json').read_text())
+    penalty = rows[0]['alias_free_penalty']
+    assert f'now {penalty:.4f})' in line
+    table = epoch_table(rows + [dict(rows[0], epoch=0, alias_free_penalty=None)])
+    assert table.splitlines()[0].endswith('| alias-free penalty |')
+    assert table.splitlines()[2].endswith(f'| {penalty:.4f} |') and table.splitlines()[3].endswith('| - |')
+    assert 'alias-free penalty' not in epoch_table([{k: v for k, v in rows[0].items() if k != 'alias_free_penalty'}])
 
 
 def test_demo_trains_with_the_band_limited_start():
