@@ -359,3 +359,21 @@ def test_demo_trains_with_the_band_limited_start():
     demo = (ROOT / 'scripts' / 'demo.sh').read_text()
     train_cmd = demo[demo.index('python scripts/train.py'):demo.index('python scripts/validate.py')]
     assert '--alias-free ' in train_cmd and '--alias-free-init' in train_cmd
+
+
+@pytest.mark.slow  # two training subprocesses
+def test_bf16_mixed_precision_trains_on_cpu(tiny_data, tmp_path):
+    """``--mixed-precision bf16`` (docs/PERFORMANCE.md: 1.25-1.36x on a CPU with avx512_bf16) runs the forward under
+    bf16 autocast: same seed, different arithmetic, finite results."""
+    common = [*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path)]
+    weights = {}
+    for name, extra in (('fp32', []), ('bf16', ['--mixed-precision', 'bf16'])):
+        # a process of its own: Accelerate fixes the precision once per process
+        proc = subprocess.run([sys.executable, TRAIN, *common, '--name', name, *extra], env=_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        weights[name] = load_file(str(tmp_path / name / 'model.safetensors'))
+        row = json.loads((tmp_path / name / 'metrics.json').read_text())[0]
+        assert np.isfinite(row['train_loss']) and 0 <= row['val_top1'] <= 100
+    assert all(torch.isfinite(w).all() for w in weights['bf16'].values())
+    assert any(not torch.equal(weights['fp32'][k], weights['bf16'][k]) for k in weights['fp32'])
