@@ -1,17 +1,24 @@
 """Progress of a long training run (``scripts/campaign_report.py``, docs/campaign.md): a per-epoch table, the
-training curves (:mod:`flexconv_zoo.plots`) and the calendar left.
+training curves (:mod:`flexconv_zoo.plots`), the calendar left and a trend for the accuracy at the schedule's end.
 
 The calendar extrapolation charges every epoch still to come at the measured time of the newest epoch of its stage
 (the masks keep widening, so later epochs of a stage cost more: read it as a lower bound), or at a given time for a
 stage not reached yet.
+
+The accuracy trend is a least-squares fit of accuracy against log(epoch) over the newest stage's epochs, read off at
+the schedule's last epoch. It knows nothing of the learning rate's decay to zero (which usually adds a point or two at
+the end) nor of a curve that flattens sooner (on the default run, a fit over epochs 8-20 promised a third more than
+epoch 30 gave): a trend to reason with, not a forecast.
 """
 import json
+import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .cli import UserError
 
-__all__ = ['COLUMNS', 'OPTIONAL_COLUMNS', 'epoch_table', 'calendar', 'campaign_report']
+__all__ = ['COLUMNS', 'OPTIONAL_COLUMNS', 'epoch_table', 'calendar', 'log_epoch_fit', 'accuracy_trend',
+           'campaign_report']
 
 COLUMNS = (('epoch', 'epoch', '{:d}'), ('img_size', 'px', '{:d}'), ('lr', 'lr', '{:.2e}'),
            ('train_loss', 'train loss', '{:.3f}'), ('val_top1', 'val top-1', '{:.2f}'),
@@ -62,8 +69,51 @@ def calendar(run_args: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
     return lines
 
 
-def campaign_report(run: Path, plot: Optional[Path] = None, epoch_minutes: Optional[Dict[int, float]] = None) -> None:
-    """Print the epoch table and the calendar of the run folder ``run``; draw its curves into ``plot``."""
+def log_epoch_fit(epochs: Sequence[float], values: Sequence[float]) -> Tuple[float, float]:
+    """Least-squares ``(a, b)`` of ``value = a + b * ln(epoch)``."""
+    if len(epochs) != len(values) or len(set(epochs)) < 2:
+        raise ValueError("a log(epoch) fit needs at least two distinct epochs")
+    xs = [math.log(e) for e in epochs]
+    x_mean, y_mean = sum(xs) / len(xs), sum(values) / len(values)
+    b = (sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, values))
+         / sum((x - x_mean) ** 2 for x in xs))
+    return y_mean - b * x_mean, b
+
+
+TREND_KEYS = (('ema_val_top1', 'EMA val'), ('ema_test_top1', 'EMA test (tracked)'),
+              ('val_top1', 'val'), ('test_top1', 'test (tracked)'))
+
+
+def accuracy_trend(run_args: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
+                   fit_from: int = 8, min_points: int = 5) -> List[str]:
+    """The log(epoch) trend of each accuracy the run records, over the newest stage's epochs from ``fit_from`` on,
+    read off at the schedule's last epoch (see the module docstring for what it does not know)."""
+    epochs = int(run_args['epochs'])
+    if not history or len(history) >= epochs:
+        return []
+    stage_size = history[-1].get('img_size')
+    stage = [r for r in history if r.get('img_size') == stage_size]
+    first = max(fit_from, min(int(r['epoch']) for r in stage))
+    rows = [r for r in stage if int(r['epoch']) >= first]
+    if len(rows) < min_points:
+        return [f"Accuracy trend: {len(rows)} epochs of this stage from epoch {first} on; it needs {min_points}."]
+    parts = []
+    for key, title in TREND_KEYS:
+        points = [(int(r['epoch']), float(r[key])) for r in rows if r.get(key) is not None]
+        if len(points) < min_points:
+            continue
+        a, b = log_epoch_fit(*zip(*points))
+        parts.append(f"{title} {a + b * math.log(epochs):.1f} % (+{b * math.log(2):.1f} a doubling)")
+    if not parts:
+        return []
+    return [f"Accuracy trend, a + b*ln(epoch) over epochs {first}-{rows[-1]['epoch']} at {stage_size} px, read at "
+            f"epoch {epochs}: " + '; '.join(parts) + ". It ignores the learning rate's decay: a trend, not a forecast."]
+
+
+def campaign_report(run: Path, plot: Optional[Path] = None, epoch_minutes: Optional[Dict[int, float]] = None,
+                    fit_from: int = 8) -> None:
+    """Print the epoch table, the calendar and the accuracy trend of the run folder ``run``; draw its curves into
+    ``plot``."""
     from .plots import plot_training_curves
     run = Path(run)
     for name in ('args.json', 'metrics.json'):
@@ -72,7 +122,7 @@ def campaign_report(run: Path, plot: Optional[Path] = None, epoch_minutes: Optio
     run_args = json.loads((run / 'args.json').read_text())
     history = json.loads((run / 'metrics.json').read_text())
     print(epoch_table(history))
-    print('\n' + '\n'.join(calendar(run_args, history, epoch_minutes)))
+    print('\n' + '\n'.join(calendar(run_args, history, epoch_minutes) + accuracy_trend(run_args, history, fit_from)))
     if plot:
         plot_training_curves(history, plot, title=f"{run_args.get('model')} on {run_args.get('data')}")
         print(f"wrote {plot}")

@@ -5,7 +5,8 @@
 
 Reads the run folder's ``args.json`` and ``metrics.json``. The calendar extrapolation charges every epoch still to
 come at the measured time of the newest epoch of its stage (the masks keep widening, so later epochs of a stage cost
-more: read it as a lower bound), or at ``--epoch-minutes SIZE=MIN`` for a stage not reached yet. The code is
+more: read it as a lower bound), or at ``--epoch-minutes SIZE=MIN`` for a stage not reached yet. The accuracy trend fits accuracy against log(epoch) over the newest stage's epochs from
+``--fit-from`` on and reads it off at the schedule's last epoch (it ignores the learning rate's decay). The code is
 :mod:`flexconv_zoo.campaign_report`; this script parses the arguments.
 """
 import argparse
@@ -24,10 +25,12 @@ def main() -> None:
     p.add_argument('--plot', type=Path, help="write the training curves here (PNG)")
     p.add_argument('--epoch-minutes', nargs='*', default=[], metavar='SIZE=MIN',
                    help="time of an epoch at a size the run has not reached yet (e.g. 32=25)")
+    p.add_argument('--fit-from', type=int, default=8, metavar='EPOCH',
+                   help="first epoch of the accuracy trend (default 8: past the warm-up; clipped to the newest stage)")
     args = p.parse_args()
     minutes = {int(k): float(v) for k, v in (item.split('=') for item in args.epoch_minutes)}
     try:
-        campaign_report(args.run, args.plot, minutes)
+        campaign_report(args.run, args.plot, minutes, args.fit_from)
     except UserError as e:
         sys.exit(f"error: {e}")
 

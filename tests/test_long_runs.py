@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import flexconv_zoo  # noqa: F401  (registers the models)
 from flexconv_zoo.data.batch_augment import BatchAugment, InMemoryBatches, _seed
+from flexconv_zoo.campaign_report import accuracy_trend, log_epoch_fit
 from flexconv_zoo.cli import UserError, run_cli
 from flexconv_zoo.progressive import Stage, parse_size_schedule, size_at_epoch, stage_start_epochs
 from flexconv_zoo.training import train_main
@@ -206,6 +207,26 @@ def test_campaign_report_table_and_calendar(tmp_path):
     assert (tmp_path / 'c.png').read_bytes()[:4] == b'\x89PNG'
     missing = subprocess.run([*script[:2], str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and 'args.json is missing' in missing.stderr
+
+
+def test_log_epoch_fit_recovers_an_exact_log_curve_and_rejects_one_point():
+    epochs = [3, 5, 8, 13, 21]
+    a, b = log_epoch_fit(epochs, [40.0 + 7.0 * np.log(e) for e in epochs])
+    assert a == pytest.approx(40.0) and b == pytest.approx(7.0)
+    with pytest.raises(ValueError, match='two distinct epochs'):
+        log_epoch_fit([4, 4], [1.0, 2.0])
+
+
+def test_accuracy_trend_fits_only_the_newest_stage_and_reads_at_the_schedule_end():
+    # stage 1 (8 px) is a different curve that must not enter the fit; stage 2 (16 px) is exactly 30 + 10 ln(epoch)
+    history = [dict(epoch=e, img_size=8, ema_val_top1=90.0, val_top1=90.0) for e in range(1, 6)]
+    history += [dict(epoch=e, img_size=16, ema_val_top1=30.0 + 10.0 * np.log(e), val_top1=None) for e in range(6, 12)]
+    (line,) = accuracy_trend({'epochs': 40}, history, fit_from=2)
+    assert 'over epochs 6-11 at 16 px, read at epoch 40' in line
+    assert f"EMA val {30 + 10 * np.log(40):.1f} %" in line and f"+{10 * np.log(2):.1f} a doubling" in line
+    assert 'test' not in line and '; val' not in line  # keys the run does not record are left out
+    assert 'it needs 5' in accuracy_trend({'epochs': 40}, history[:8], fit_from=2)[0]  # 3 epochs of stage 2
+    assert accuracy_trend({'epochs': 11}, history) == []  # a finished run has nothing left to extrapolate
 
 
 def test_val_size_zero_trains_on_all_training_data(tiny_cifar, tmp_path, cache):
