@@ -7,6 +7,8 @@
 #   bash scripts/campaign.sh start     # start it, or resume it (from $CAMPAIGN_DIR, else from runs/ in the repo)
 #   bash scripts/campaign.sh stop      # SIGTERM: checkpoint after the current step, then exit
 #   bash scripts/campaign.sh save      # copy the newest resume state + metrics into runs/<run>/ (to commit)
+#   bash scripts/campaign.sh commit    # save, then commit runs/<run>/ alone (while it trains: a session cut short
+#                                      # keeps what it trained up to here; other changes in the tree stay out)
 #   bash scripts/campaign.sh status    # process, epochs done, newest checkpoint
 #   bash scripts/campaign.sh then NEXT # when this run finishes (not when it is stopped), start run NEXT
 #   bash scripts/campaign.sh export [export_hub.py options]
@@ -104,10 +106,10 @@ case "${1:-start}" in
     while kill -0 "$pid" 2>/dev/null; do sleep 2; done
     tail -n 3 "$DIR/$RUN.log"
     ;;
-  save)
+  save|commit)
     newest="$(newest_checkpoint "$DIR/$RUN")"
     [ -n "$newest" ] || { echo "no checkpoint in $DIR/$RUN" >&2; exit 1; }
-    dest="$REPO/runs/$RUN"
+    dest="${CAMPAIGN_RUNS:-$REPO/runs}/$RUN"
     rm -rf "$dest.tmp" && mkdir -p "$dest.tmp/checkpoints"
     cp "$DIR/$RUN"/{args.json,run_info.json} "$dest.tmp/"
     cp "$DIR/$RUN"/metrics.{csv,json} "$dest.tmp/" 2>/dev/null || true
@@ -115,6 +117,13 @@ case "${1:-start}" in
     [ -d "$DIR/$RUN/best" ] && cp -r "$DIR/$RUN/best" "$dest.tmp/"
     rm -rf "$dest" && mv "$dest.tmp" "$dest"
     echo "saved $(basename "$newest") to $dest"
+    if [ "$1" = commit ]; then
+      # Only this run's folder goes into the commit (`-- .` in it), whatever else is staged or edited.
+      git -C "$dest" add -A .
+      if git -C "$dest" diff --cached --quiet -- .; then echo "nothing new to commit in $dest"
+      else git -C "$dest" commit -q -m "campaign: $RUN resume state $(basename "$newest")" -- . && \
+        echo "committed $(git -C "$dest" log -1 --format='%h %s')"; fi
+    fi
     ;;
   status)
     if running; then echo "running (pid $(cat "$PID_FILE"))"; else echo "not running"; fi
@@ -191,5 +200,5 @@ print(weights_sha256(timm.models.get_pretrained_cfg(sys.argv[1]).to_dict()))" "$
     cp -r "$tmp/$RUN/." "$DIR/$RUN/" && rm -rf "$tmp"
     echo "unpacked $(basename "$newest") into $DIR/$RUN"
     ;;
-  *) echo "usage: $0 start|stop|save|status|then NEXT|export|chunk DATA OUT [SECONDS]|unpack FOLDER" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|save|commit|status|then NEXT|export|chunk DATA OUT [SECONDS]|unpack FOLDER" >&2; exit 2 ;;
 esac

@@ -328,6 +328,49 @@ def test_campaign_script_refuses_what_it_cannot_do(tmp_path):
     assert no_best.returncode == 1 and f"no best/ weights in {tmp_path / 'local' / 'flexnet16-cifar10'}" in no_best.stderr
 
 
+def test_campaign_commit_commits_the_run_folder_alone(tmp_path):
+    """`campaign.sh commit` saves the newest checkpoint into runs/<run>/ and commits that folder and nothing else:
+    the previous checkpoint leaves the tree, other edits stay uncommitted, and a second call with nothing new
+    commits nothing."""
+    script = Path(__file__).resolve().parents[1] / 'scripts' / 'campaign.sh'
+    repo, local = tmp_path / 'repo', tmp_path / 'local' / 'tiny'
+    repo.mkdir()
+
+    def git(*cmd):
+        return subprocess.run(['git', '-C', str(repo), *cmd], capture_output=True, text=True, check=True).stdout
+
+    git('init', '-q')
+    git('config', 'user.email', 'ci@example.com')
+    git('config', 'user.name', 'ci')
+    (repo / 'README.md').write_text('v1\n')
+    git('add', 'README.md')
+    git('commit', '-q', '-m', 'init')
+    (repo / 'README.md').write_text('v2, not for this commit\n')
+    for name in ('args.json', 'run_info.json', 'metrics.json'):
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_text('{}')
+    env = dict(os.environ, CAMPAIGN_RUN='tiny', CAMPAIGN_DIR=str(tmp_path / 'local'),
+               CAMPAIGN_RUNS=str(repo / 'runs'))
+
+    def commit_step(step):
+        (local / 'checkpoints' / f'step_{step:08d}_e0001b000000').mkdir(parents=True)
+        (local / 'checkpoints' / f'step_{step:08d}_e0001b000000' / 'state.pt').write_text(str(step))
+        done = subprocess.run(['bash', str(script), 'commit'], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert 'committed' in commit_step(3)
+    assert 'committed' in commit_step(6)
+    tree = git('ls-tree', '-r', '--name-only', 'HEAD').split()
+    assert tree == ['README.md', 'runs/tiny/args.json', 'runs/tiny/checkpoints/step_00000006_e0001b000000/state.pt',
+                    'runs/tiny/metrics.json', 'runs/tiny/run_info.json']
+    assert git('log', '-1', '--format=%s').strip() == 'campaign: tiny resume state step_00000006_e0001b000000'
+    assert git('show', 'HEAD:README.md') == 'v1\n' and git('status', '--porcelain').strip() == 'M README.md'
+    again = subprocess.run(['bash', str(script), 'commit'], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and 'nothing new to commit' in again.stdout
+    assert len(git('log', '--format=%h').split()) == 3
+
+
 def test_campaign_then_starts_the_next_run_only_after_a_finished_one(tmp_path):
     """`campaign.sh then NEXT` waits for the trainer to exit; it starts NEXT when the run finished (summary.json)
     and not when the run was stopped. Here NEXT has no recipe, so its `start` refuses in the log: proof it ran."""
