@@ -205,7 +205,7 @@ default_cfgs = generate_default_cfgs({
         label_names=CIFAR10_CLASSES),
     'flexnet16.cifar10_16px_alias_free': _cfg(
         **hub_weights('flexnet16.cifar10_16px_alias_free',
-                      'dc51e879a6828147c682b2c72741f4ccd03bb7f0349f9e9dfb2ac7bf28202084'),
+                      'd30655474c4c2cdcb40ea79a389c8e23ac72994b4e1f45f493f1e7723e23d851'),
         label_names=CIFAR10_CLASSES, input_size=(3, 16, 16), pool_size=(16, 16), test_input_size=(3, 32, 32)),
     'flexnet12.untrained': _cfg(),
     'flexnet8.untrained': _cfg(),
