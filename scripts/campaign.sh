@@ -69,22 +69,23 @@ campaign's target for this tag is 84 % at 16 px with a 16 -> 32 px drop no worse
   *) RECIPE=() ;;
 esac
 PID_FILE="$DIR/$RUN.pid"
+SAVED="${CAMPAIGN_RUNS:-$REPO/runs}/$RUN"  # the committed resume state: `save` writes it, a new machine starts from it
 running() { [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
 newest_checkpoint() { { ls -d "$1"/checkpoints/step_*[0-9] 2>/dev/null || true; } | sort | tail -n 1; }
 
 case "${1:-start}" in
   start)
     if running; then echo "already running (pid $(cat "$PID_FILE"))"; exit 0; fi
-    if [ ! -f "$DIR/$RUN/args.json" ] && [ ! -f "$REPO/runs/$RUN/args.json" ] && [ ${#RECIPE[@]} -eq 0 ]; then
-      echo "no run $RUN in $DIR or $REPO/runs, and no recipe to start one (see the top of $0)" >&2; exit 1
+    if [ ! -f "$DIR/$RUN/args.json" ] && [ ! -f "$SAVED/args.json" ] && [ ${#RECIPE[@]} -eq 0 ]; then
+      echo "no run $RUN in $DIR or $SAVED, and no recipe to start one (see the top of $0)" >&2; exit 1
     fi
     mkdir -p "$DIR"
     code="$DIR/code-$RUN"  # one snapshot per run: starting one run never pulls the code from under another
     rm -rf "$code" && mkdir -p "$code"
     git -C "$REPO" archive HEAD | tar -x -C "$code"
-    if [ ! -f "$DIR/$RUN/args.json" ] && [ -f "$REPO/runs/$RUN/args.json" ]; then
-      echo "restoring $RUN from $REPO/runs/$RUN"
-      cp -r "$REPO/runs/$RUN" "$DIR/$RUN"
+    if [ ! -f "$DIR/$RUN/args.json" ] && [ -f "$SAVED/args.json" ]; then
+      echo "restoring $RUN from $SAVED"
+      cp -r "$SAVED" "$DIR/$RUN"
     fi
     cd "$DIR"
     if [ -f "$RUN/args.json" ]; then
@@ -109,20 +110,19 @@ case "${1:-start}" in
   save|commit)
     newest="$(newest_checkpoint "$DIR/$RUN")"
     [ -n "$newest" ] || { echo "no checkpoint in $DIR/$RUN" >&2; exit 1; }
-    dest="${CAMPAIGN_RUNS:-$REPO/runs}/$RUN"
-    rm -rf "$dest.tmp" && mkdir -p "$dest.tmp/checkpoints"
-    cp "$DIR/$RUN"/{args.json,run_info.json} "$dest.tmp/"
-    cp "$DIR/$RUN"/metrics.{csv,json} "$dest.tmp/" 2>/dev/null || true
-    cp -r "$newest" "$dest.tmp/checkpoints/"
-    [ -d "$DIR/$RUN/best" ] && cp -r "$DIR/$RUN/best" "$dest.tmp/"
-    rm -rf "$dest" && mv "$dest.tmp" "$dest"
-    echo "saved $(basename "$newest") to $dest"
+    rm -rf "$SAVED.tmp" && mkdir -p "$SAVED.tmp/checkpoints"
+    cp "$DIR/$RUN"/{args.json,run_info.json} "$SAVED.tmp/"
+    cp "$DIR/$RUN"/metrics.{csv,json} "$SAVED.tmp/" 2>/dev/null || true
+    cp -r "$newest" "$SAVED.tmp/checkpoints/"
+    [ -d "$DIR/$RUN/best" ] && cp -r "$DIR/$RUN/best" "$SAVED.tmp/"
+    rm -rf "$SAVED" && mv "$SAVED.tmp" "$SAVED"
+    echo "saved $(basename "$newest") to $SAVED"
     if [ "$1" = commit ]; then
       # Only this run's folder goes into the commit (`-- .` in it), whatever else is staged or edited.
-      git -C "$dest" add -A .
-      if git -C "$dest" diff --cached --quiet -- .; then echo "nothing new to commit in $dest"
-      else git -C "$dest" commit -q -m "campaign: $RUN resume state $(basename "$newest")" -- . && \
-        echo "committed $(git -C "$dest" log -1 --format='%h %s')"; fi
+      git -C "$SAVED" add -A .
+      if git -C "$SAVED" diff --cached --quiet -- .; then echo "nothing new to commit in $SAVED"
+      else git -C "$SAVED" commit -q -m "campaign: $RUN resume state $(basename "$newest")" -- . && \
+        echo "committed $(git -C "$SAVED" log -1 --format='%h %s')"; fi
     fi
     ;;
   status)
@@ -168,14 +168,13 @@ print(weights_sha256(timm.models.get_pretrained_cfg(sys.argv[1]).to_dict()))" "$
     data_dir="$(cd "${2:?usage: $0 chunk DATA_DIR OUT_DIR [SECONDS [train.py options]]}" && pwd)"
     out="$(mkdir -p "${3:?usage: $0 chunk DATA_DIR OUT_DIR [SECONDS [train.py options]]}" && cd "$3" && pwd)"
     limit="${4:-480}"; shift $(( $# < 4 ? $# : 4 ))
-    saved="${CAMPAIGN_RUNS:-$REPO/runs}/$RUN"  # where `save` put the resume state
     work="${CAMPAIGN_CHUNK_DIR:-/tmp/campaign_chunk}"
-    [ -f "$saved/args.json" ] || { echo "no saved run in $saved: run \`$0 save\` and commit first" >&2; exit 1; }
-    here="$(newest_checkpoint "$work/$RUN")"; there="$(newest_checkpoint "$saved")"
+    [ -f "$SAVED/args.json" ] || { echo "no saved run in $SAVED: run \`$0 save\` and commit first" >&2; exit 1; }
+    here="$(newest_checkpoint "$work/$RUN")"; there="$(newest_checkpoint "$SAVED")"
     if [ -n "$here" ] && [[ "$(basename "$here")" > "$(basename "$there")" ]]; then
       echo "continuing in place from $(basename "$here") (ahead of the saved $(basename "$there"))"
     else
-      rm -rf "$work" && mkdir -p "$work" && cp -r "$saved" "$work/$RUN"
+      rm -rf "$work" && mkdir -p "$work" && cp -r "$SAVED" "$work/$RUN"
     fi
     cd "$work" && : > "$RUN.log"  # each pack carries this chunk's log lines only: unpack appends them
     # timeout sends SIGTERM: the trainer finishes its step, writes a checkpoint and exits (-k: kill 90 s later).

@@ -352,22 +352,22 @@ def test_campaign_commit_commits_the_run_folder_alone(tmp_path):
     env = dict(os.environ, CAMPAIGN_RUN='tiny', CAMPAIGN_DIR=str(tmp_path / 'local'),
                CAMPAIGN_RUNS=str(repo / 'runs'))
 
-    def commit_step(step):
-        (local / 'checkpoints' / f'step_{step:08d}_e0001b000000').mkdir(parents=True)
-        (local / 'checkpoints' / f'step_{step:08d}_e0001b000000' / 'state.pt').write_text(str(step))
+    def commit(step=None):
+        if step is not None:
+            (local / 'checkpoints' / f'step_{step:08d}_e0001b000000').mkdir(parents=True)
+            (local / 'checkpoints' / f'step_{step:08d}_e0001b000000' / 'state.pt').write_text(str(step))
         done = subprocess.run(['bash', str(script), 'commit'], env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    assert 'committed' in commit_step(3)
-    assert 'committed' in commit_step(6)
+    assert 'committed' in commit(3)
+    assert 'committed' in commit(6)
     tree = git('ls-tree', '-r', '--name-only', 'HEAD').split()
     assert tree == ['README.md', 'runs/tiny/args.json', 'runs/tiny/checkpoints/step_00000006_e0001b000000/state.pt',
                     'runs/tiny/metrics.json', 'runs/tiny/run_info.json']
     assert git('log', '-1', '--format=%s').strip() == 'campaign: tiny resume state step_00000006_e0001b000000'
     assert git('show', 'HEAD:README.md') == 'v1\n' and git('status', '--porcelain').strip() == 'M README.md'
-    again = subprocess.run(['bash', str(script), 'commit'], env=env, capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0 and 'nothing new to commit' in again.stdout
+    assert 'nothing new to commit' in commit()
     assert len(git('log', '--format=%h').split()) == 3
 
 
