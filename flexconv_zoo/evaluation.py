@@ -185,7 +185,8 @@ def build_validate_parser() -> argparse.ArgumentParser:
                         "next to the single-view numbers")
     p.add_argument('--workers', type=int, default=0)
     p.add_argument('--device', default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument('--output', help="output folder (default: <run>/validate or ./validate_results/<name>)")
+    p.add_argument('--output', help="output folder (default: <run>/validate for a run folder, else "
+                   "./validate_results/<name>)")
     return p
 
 
@@ -193,7 +194,7 @@ def _output_dir(args: argparse.Namespace, name: str) -> Path:
     if args.output:
         return Path(args.output)
     ckpt = Path(args.checkpoint) if args.checkpoint and not args.checkpoint.startswith('hf-hub:') else None
-    if ckpt is not None and ckpt.is_dir():
+    if ckpt is not None and (ckpt / 'args.json').is_file():  # a run folder; never write into a Hub-layout folder
         return ckpt / 'validate'
     return Path('validate_results') / name
 

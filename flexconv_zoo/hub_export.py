@@ -192,7 +192,9 @@ def export_run(
     ci_rows, ci_command = _validate(weights_path.parent, dataset, img_sizes[:1], ci_samples, shown_folder=shown)
     results = [EvalRow(dataset, 'test', r['img_size'], round(r['top1'], 2), r['count'], command,
                        flip_top1=round(r['flip_top1'], 2) if flip_tta else None) for r in rows]
-    results += [EvalRow(dataset, f"test[:{ci_samples}]", r['img_size'], round(r['top1'], 2), r['count'], ci_command)
+    # not "test[:N]": in the Hub's split notation that is the first N images, and --subset draws a seeded sample
+    ci_split = f"test (seeded sample of {ci_samples})"
+    results += [EvalRow(dataset, ci_split, r['img_size'], round(r['top1'], 2), r['count'], ci_command)
                 for r in ci_rows]
     run_args = json.loads((run / 'args.json').read_text())
     run_info = _read_json_if_present(run / 'run_info.json')

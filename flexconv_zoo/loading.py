@@ -11,7 +11,8 @@ Where a tag's weights come from: the copy shipped with the package (``file`` in 
 ``flexconv_zoo/hub_configs/<tag>/model.safetensors``), so loading never waits on the network. A tag without a
 shipped copy, an ``hf-hub:`` name, or ``pretrained_cfg_overlay=dict(file=None)`` use ``hf_hub_id``: one HEAD request
 with connect/read timeouts decides whether the Hub answers; if not, the local Hugging Face cache is used, else
-:class:`WeightsUnavailableError` says what to do.
+:class:`WeightsUnavailableError` says what to do. The repo's config.json and reference logits come with the
+weights (from the Hub or the cache), so the Hub route gets the same checks as a folder.
 
 Checks, all before a tensor reaches the model: the sha256 recorded in the cfg (timm's ``PretrainedCfg`` has no
 hash field and refuses unknown keys, so it is the note ``'sha256:<hex>'`` in ``notes``, in the tag's cfg and in
@@ -54,6 +55,7 @@ SHIPPED_ROOT = Path(__file__).resolve().parent / 'hub_configs'
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 5.0
 _SHA_NOTE = 'sha256:'
+_HUB_ORIGIN = 'Hub repo '  # where a file resolved from hf_hub_id came from: the HF cache
 # model_args that define the function the weights compute (num_classes / in_chans adapt the head / stem).
 _DEFINING_ARGS = ('widths', 'img_size', 'seq_len', 'kernel_hidden', 'kernel_layers', 'mask_threshold',
                   'mask_init_sigma', 'kernel_net', 'causal')
@@ -204,7 +206,7 @@ def fetch_hub_file(repo_id: str, filename: str = WEIGHTS_NAME, cache_dir: Option
 def _drop_cached(path: Path) -> None:
     """Remove a bad file from the HF cache: the snapshot link and the blob it points at."""
     blob = path.resolve()
-    if 'snapshots' in path.parts and blob != path:
+    if blob != path:
         blob.unlink(missing_ok=True)
     path.unlink(missing_ok=True)
 
@@ -232,8 +234,20 @@ def resolve_weights_file(cfg: Mapping[str, Any], variant: str, cache_dir: Option
     if cfg.get('hf_hub_id'):
         filename = cfg.get('hf_hub_filename') or WEIGHTS_NAME
         path = fetch_hub_file(cfg['hf_hub_id'], filename, cache_dir, _cfg_name(cfg, variant))
-        return path, f"Hub repo {cfg['hf_hub_id']}"
+        _fetch_companions(cfg['hf_hub_id'], path, cache_dir)
+        return path, _HUB_ORIGIN + cfg['hf_hub_id']
     return None
+
+
+def _fetch_companions(repo_id: str, weights: Path, cache_dir: Optional[Union[str, Path]]) -> None:
+    """Put the repo's config.json and reference logits beside its weights in the cache (the checks read them
+    there), when the Hub or the cache has them; a repo without them loads with the checks it can have."""
+    for name in (CONFIG_NAME, REFERENCE_NAME):
+        if not (weights.parent / name).is_file():
+            try:
+                fetch_hub_file(repo_id, name, cache_dir)
+            except PretrainedWeightsError:  # not published in this repo, or neither Hub nor cache has it
+                pass
 
 
 def _norm(key: str, value: Any) -> Any:
@@ -292,8 +306,8 @@ def _verify(path: Path, origin: str, cfg: Mapping[str, Any], variant: str, model
     if expected:
         actual = file_sha256(path)
         if actual != expected:
-            cached = 'snapshots' in path.parts
-            if cached:  # never leave a bad file in the HF cache
+            cached = origin.startswith(_HUB_ORIGIN)
+            if cached:  # never leave a bad file in the HF cache (and never touch a folder of the user's)
                 _drop_cached(path)
             raise PretrainedWeightsError(
                 f"Weight file {_where(path, origin)} has sha256 {actual}, but {expected} is recorded for it: the file "

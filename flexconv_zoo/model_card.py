@@ -99,6 +99,8 @@ def render_model_card(
         model_name=name,
         eval_results=[EvalResult(
             task_type=task, dataset_type=info.dataset, dataset_name=info.dataset_name, dataset_split=row.split,
+            # The Hub groups results by dataset config: one per evaluated size keeps each size's args its own.
+            dataset_config=f"{row.input_size} {'steps' if sequence else 'px'}",
             dataset_args={'input_size': int(row.input_size), 'num_samples': int(row.num_samples)},
             metric_type='accuracy', metric_name=f'top-1 accuracy @ {row.input_size}', metric_value=float(row.top1),
         ) for row in results] or None,

@@ -83,7 +83,8 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     else:
         model = load_model(None, args.model or 'flexnet16.cifar10', kwargs, pretrained=True)
     if isinstance(model, FlexConvModelMixin) and model.size_unit == 'steps':
-        raise UserError(f"{args.model} is a sequence model; predict.py classifies images (use validate.py for sequences).")
+        what = args.model or args.checkpoint or 'flexnet16.cifar10'
+        raise UserError(f"{what} is a sequence model; predict.py classifies images (use validate.py for sequences).")
     if args.img_size is not None and args.img_size < min_input_size(model):
         raise UserError(f"--img-size {args.img_size} is smaller than the {min_input_size(model)} px the model accepts.")
     transform = eval_transform_for(model, args.img_size)

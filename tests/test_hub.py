@@ -219,10 +219,13 @@ def test_local_hub_server_every_tag_and_every_failure(tmp_path):
     repos = {f'flexconv-zoo/{tag}': str(folder) for tag, folder in SHIPPED.items()}
     repos.update({f'flexconv-zoo/{name}': str(SHIPPED[FIRST]) for name in ('err500', 'hang', 'cut')})
     repos['flexconv-zoo/flipped'] = str(flipped)
+    # A Hub repo whose config.json disagrees with its weights: the Hub route checks it as a folder would.
+    repos['flexconv-zoo/badconfig'] = str(_consistent_copy(
+        SHIPPED[FIRST], tmp_path / 'badconfig', edit_config=lambda c: c.update(num_classes=100)))
     loads = {tag: dict(name=tag, reference=_ref(tag), repo=f'flexconv-zoo/{tag}',
                        kwargs=dict(pretrained_cfg_overlay=_hub_overlay(tag=tag))) for tag in SHIPPED}
     loads['hf_hub_form'] = dict(name=f'hf-hub:flexconv-zoo/{FIRST}', reference=_ref())
-    for name in ('err500', 'hang', 'cut', 'flipped'):
+    for name in ('err500', 'hang', 'cut', 'flipped', 'badconfig'):
         loads[name] = dict(name=FIRST, repo=f'flexconv-zoo/{name}',
                            kwargs=dict(pretrained_cfg_overlay=_hub_overlay(f'flexconv-zoo/{name}')))
     # The Hub fails after the file was cached: the cache answers, within one timeout.
@@ -238,6 +241,9 @@ def test_local_hub_server_every_tag_and_every_failure(tmp_path):
     for tag in SHIPPED:
         _assert_loaded(out[tag])
         assert 'snapshots/' in out[tag]['value']['file'] and str(tmp_path / 'cache') in out[tag]['value']['file']
+        # the checks' companions came with the weights
+        assert {f.rsplit('/', 1)[-1] for f in out[tag]['cache'] if f.startswith('snapshots/')} == {
+            'model.safetensors', 'config.json', 'reference_logits.safetensors'}, out[tag]['cache']
     _assert_loaded(out['hf_hub_form'])
     _assert_fails(out['err500'], 'WeightsUnavailableError', NO_SLEEP, "'flexconv-zoo/err500'", '500')
     assert len(out['err500']['requests']) == 1, out['err500']['requests']  # no retry of a server error
@@ -249,7 +255,13 @@ def test_local_hub_server_every_tag_and_every_failure(tmp_path):
     assert not [f for f in out['cut']['cache'] if f.startswith(('blobs/', 'snapshots/'))], out['cut']['cache']
     _assert_fails(out['flipped'], 'PretrainedWeightsError', NO_SLEEP, 'model.safetensors', 'sha256',
                   'removed from the cache')
-    assert not [f for f in out['flipped']['cache'] if f.startswith(('blobs/', 'snapshots/'))], out['flipped']['cache']
+    # the bad weights left the cache (link and blob); the repo's intact companions may stay
+    snapshots = [f for f in out['flipped']['cache'] if f.startswith('snapshots/')]
+    blobs = [f for f in out['flipped']['cache'] if f.startswith('blobs/')]
+    assert not [f for f in snapshots if f.endswith('model.safetensors')] and len(blobs) == len(snapshots), \
+        out['flipped']['cache']
+    _assert_fails(out['badconfig'], 'PretrainedWeightsError', NO_SLEEP, 'config.json', 'num_classes',
+                  'config.json 100')
     for label in ('warm_500', 'warm_hang'):  # one request that fails, then the cache, without a retry
         _assert_loaded(out[label], no_sleep=True)
         assert len(out[label]['requests']) == 1, (label, out[label]['requests'])
@@ -262,6 +274,12 @@ def test_offline_mode_uses_the_warm_cache(tmp_path):
     loads = {tag: dict(name=tag, reference=_ref(tag), kwargs=dict(pretrained_cfg_overlay=_hub_overlay(tag=tag)))
              for tag in SHIPPED}
     loads['hf_hub_form'] = dict(name=f'hf-hub:flexconv-zoo/{FIRST}', reference=_ref())
+    # The 16 px tag asked for at 32 px from the Hub: built on its training grid, then resampled, as from the copy.
+    alias_free = 'flexnet16.cifar10_16px_alias_free'
+    ref = safetensors.torch.load_file(_ref(alias_free))
+    safetensors.torch.save_file(dict(input=ref['input_test'], logits=ref['logits_test']), tmp_path / 'ref32.st')
+    loads['hub_at_32px'] = dict(name=alias_free, reference=str(tmp_path / 'ref32.st'),
+                                kwargs=dict(img_size=32, pretrained_cfg_overlay=_hub_overlay(tag=alias_free)))
     loads['not_cached'] = dict(name=FIRST, kwargs=dict(pretrained_cfg_overlay=_hub_overlay('flexconv-zoo/elsewhere')))
     spec = dict(cache=str(tmp_path / 'cache'), loads=loads,
                 warm={f'flexconv-zoo/{tag}': str(folder) for tag, folder in SHIPPED.items()})
@@ -270,6 +288,7 @@ def test_offline_mode_uses_the_warm_cache(tmp_path):
         _assert_loaded(out[tag], no_sleep=True)
         assert not out[tag]['stderr'], out[tag]['stderr']
     _assert_loaded(out['hf_hub_form'], no_sleep=True)
+    _assert_loaded(out['hub_at_32px'], no_sleep=True)
     _assert_fails(out['not_cached'], 'WeightsUnavailableError', NO_SLEEP, 'OfflineModeIsEnabled', 'HF_HUB_OFFLINE',
                   "'flexconv-zoo/elsewhere'")
 
@@ -312,6 +331,15 @@ def test_flipped_bytes_in_the_shipped_copy_are_refused(tmp_path):
     # without the tag's hash, the hash in the folder's config.json applies
     msg = _quick_error(lambda: timm.create_model(f'local-dir:{copy}', pretrained=True))
     assert str(copy / 'model.safetensors') in msg and 'sha256' in msg
+
+
+def test_damaged_local_folder_is_refused_and_left_alone(tmp_path):
+    """A user's folder that merely has 'snapshots' in its path is not the HF cache: nothing is deleted."""
+    copy = _copy(SHIPPED[FIRST], tmp_path / 'snapshots' / 'mine')
+    _flip_bytes(copy / 'model.safetensors')
+    msg = _quick_error(lambda: timm.create_model(f'local-dir:{copy}', pretrained=True))
+    assert 'sha256' in msg and 'Restore it' in msg and 'removed from the cache' not in msg
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in SHIPPED[FIRST].iterdir())
 
 
 def _consistent_copy(folder, dest, edit_weights=None, edit_config=None):
@@ -516,6 +544,17 @@ def test_written_folder_is_complete_and_validates(small_folder):
         assert section in card.text
 
 
+def test_card_keeps_each_evaluated_size_apart(small_folder, tmp_path):
+    """Results at several sizes on one split stay separate entries in the model-index (the Hub merges entries that
+    share task, dataset, config and split, which would file every number under the first entry's input size)."""
+    model, _ = small_folder
+    rows = [EvalRow('cifar10', 'test', size, top1, 10, 'pytest') for size, top1 in ((16, 50.0), (24, 40.0), (32, 30.0))]
+    folder = write_hub_folder(model, tmp_path / 'sizes', name='flexnet8.test', info=INFO, results=rows)
+    assert [(r.input_size, r.top1) for r in read_card_results(folder)] == [(16, 50.0), (24, 40.0), (32, 30.0)]
+    index = ModelCard.load(folder / 'README.md').data.to_dict()['model-index'][0]['results']
+    assert [entry['dataset']['args']['input_size'] for entry in index] == [16, 24, 32]
+
+
 def test_validate_rejects_incomplete_or_tampered_folder(small_folder, tmp_path):
     _, folder = small_folder
     copy = tmp_path / 'copy'
@@ -601,7 +640,7 @@ def test_published_hub_configs_folder(folder, tmp_path):
     for row in samples:
         out = tmp_path / f'validate_{row.input_size}'
         cmd = [sys.executable, str(REPO / 'scripts' / 'validate.py'), '--checkpoint', str(folder),
-               '--data', row.dataset, '--split', row.split.split('[')[0], '--subset', str(row.num_samples),
+               '--data', row.dataset, '--split', row.split.split(' ')[0], '--subset', str(row.num_samples),
                '--device', 'cpu', '--output', str(out)]
         if not folder.name.startswith('flextcn'):  # sequence models are evaluated at their training length
             cmd += ['--img-size', str(row.input_size)]
@@ -694,7 +733,8 @@ def test_export_run_writes_a_validated_card_with_flip_tta_beside_it(tmp_path, mo
                               '--img-size', '32', '--flip-tta', '--output', str(tmp_path / 'val')])[0]
     # the metadata (model-index) holds the single-view numbers only, like timm's headline numbers
     rows = read_card_results(folder)
-    assert [(r.split, r.input_size, r.num_samples) for r in rows] == [('test', 32, 20), ('test[:8]', 32, 8)]
+    assert [(r.split, r.input_size, r.num_samples) for r in rows] == [
+        ('test', 32, 20), ('test (seeded sample of 8)', 32, 8)]
     assert rows[0].top1 == round(measured['top1'], 2)
     card = (folder / 'README.md').read_text()
     assert f"{measured['flip_top1']:.2f} % at 32 px (test, 20 samples)" in card

@@ -62,6 +62,7 @@ def test_bad_input_is_one_line(argv, message, capsys):
     assert run_cli(predict_main, [*argv, *(['--checkpoint', str(ALIAS_FREE)] if '--checkpoint' not in argv else [])]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith('error:') and message in err and '\n' not in err
+    assert 'None' not in err  # the message names what was given
 
 
 def test_unreadable_image_is_one_line(tmp_path, capsys):

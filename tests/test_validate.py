@@ -70,6 +70,19 @@ def test_bare_file_and_hub_folder_agree_with_run_folder(trained, tmp_path):
         assert [r['loss'] for r in other] == pytest.approx([r['loss'] for r in from_run], rel=1e-5)
 
 
+def test_hub_folder_results_go_to_the_working_directory(trained, tmp_path, monkeypatch):
+    """A Hub-layout folder is what gets pushed: validate.py writes its results beside, never into it."""
+    import shutil
+    run, data = trained
+    folder = tmp_path / 'flexnet8.test'
+    shutil.copytree(run / 'best', folder)
+    before = sorted(p.name for p in folder.iterdir())
+    monkeypatch.chdir(tmp_path)
+    validate_main(['--checkpoint', str(folder), '--data', str(data), '--img-size', '16'])
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert [p.name for p in (tmp_path / 'validate_results').glob('*/results.csv')] == ['results.csv']
+
+
 @pytest.mark.parametrize('case', ['unknown_model', 'missing_data', 'corrupt_checkpoint', 'too_small', 'no_run'])
 def test_bad_input_is_one_line_error(case, trained, tmp_path, capsys):
     run, data = trained

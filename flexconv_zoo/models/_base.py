@@ -174,6 +174,7 @@ class FlexConvModelMixin:
         """Set every Gaussian mask width to ``sigma`` (0.075 at init; >= 0.466 gives full-size kernels)."""
         for layer in self.flexconv_layers():
             layer.mask.sigma.fill_(sigma)
+            layer.clear_kernel_cache()  # the 'lagged' crop's copy of the mask is one forward behind this jump
 
     def kernel_sizes(self) -> List[Tuple[int, ...]]:
         """The cropped kernel size of every FlexConv layer, as learned by its mask."""
@@ -197,8 +198,8 @@ class FlexConvModelMixin:
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))  # may refuse: before any change
         self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
 
     def prune_intermediate_layers(
             self,
@@ -267,7 +268,9 @@ def _pretrained_input_size(variant: str, pretrained: bool, kwargs: Dict[str, Any
     if kwargs.get(size_arg) is None:
         return tuple(cfg.input_size)
     overlay = kwargs.get('pretrained_cfg_overlay') or {}
-    own_weights = ('file' in overlay or 'state_dict' in overlay) and 'input_size' not in overlay
+    # file=None only skips the shipped copy for the tag's Hub repo: the tag's weights, on the tag's grid.
+    own_weights = (overlay.get('file') is not None or overlay.get('state_dict') is not None) \
+        and 'input_size' not in overlay
     return tuple(cfg.input_size) if pretrained and not own_weights else None
 
 
