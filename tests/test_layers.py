@@ -239,6 +239,29 @@ def test_resampled_kernel_equals_source_samples_times_scale():
     torch.testing.assert_close(fine[..., ::2, ::2], 0.25 * coarse, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_half_precision_layers_sample_their_kernel_on_float32_positions(dtype):
+    """After model.bfloat16() the grid was made in bfloat16: 16,000 causal positions collapsed to 1,780 distinct
+    values. Positions and the kernel net run in float32; the kernel is that of the float32 layer with the same
+    (rounded) parameters, rounded once, and gradients still reach the half-precision parameters."""
+    torch.manual_seed(0)
+    conv = FlexConv1d(1, 1, kernel_size=16000, mask_init_sigma=5.0).to(dtype)
+    reference = FlexConv1d(1, 1, kernel_size=16000, mask_init_sigma=5.0)
+    reference.load_state_dict({k: v.float() for k, v in conv.state_dict().items()})
+    seen = []
+    conv.kernel_net.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    kernel = conv.compute_kernel()
+    assert seen[0].dtype == torch.float32 and seen[0][:, 0].unique().numel() == 16000
+    assert kernel.dtype == dtype
+    with torch.no_grad():
+        expected = reference.compute_kernel().to(dtype)
+    torch.testing.assert_close(kernel, expected, atol=0, rtol=2 ** -7)  # (was up to 40 % off in bfloat16)
+    kernel.float().square().sum().backward()
+    grads = [p.grad for p in conv.parameters() if p is not conv.bias]
+    assert all(g is not None and g.dtype == dtype for g in grads)
+    assert conv(torch.randn(1, 1, 100, dtype=dtype)).dtype == dtype
+
+
 def test_unannounced_sizes_keep_the_training_grid_unless_following_input():
     torch.manual_seed(0)
     x = torch.randn(1, 2, 48, 40)
@@ -275,6 +298,26 @@ def test_layer_errors_name_the_problem():
         FlexConv2d(1, 1, mask_threshold=1.5)
     with pytest.raises(TypeError):
         FlexConv2d(1, 1, padding='same')
+
+
+@pytest.mark.parametrize('options,error,match', [
+    (dict(kernel_net='siren', kernel_layers=0), ValueError, 'kernel_layers must be at least 1'),  # was a matmul error
+    (dict(kernel_net='MLP', kernel_layers=0), ValueError, 'kernel_layers must be at least 1'),
+    (dict(kernel_layers=-1), ValueError, 'kernel_layers must be at least 0'),  # was a ZeroDivisionError
+    (dict(kernel_hidden=0), ValueError, 'kernel_hidden must be at least 1'),  # was a ZeroDivisionError
+    (dict(kernel_hidden=2.5), TypeError, 'kernel_hidden must be an int'),
+])
+def test_kernel_net_size_options_are_validated(options, error, match):
+    from flexconv_zoo.layers import FlexConvConfig
+    with pytest.raises(error, match=match):
+        FlexConv1d(1, 1, kernel_size=10, **options)
+    with pytest.raises(error, match=match):
+        FlexConvConfig(**options)
+
+
+def test_multiplicative_filter_nets_take_zero_hidden_layers():
+    conv = FlexConv1d(1, 2, kernel_size=10, kernel_layers=0)  # one Gabor filter and the output layer
+    assert len(conv.kernel_net.filters) == 1 and conv(torch.randn(1, 1, 10)).shape == (1, 2, 10)
 
 
 # ------------------------------------------------------------------------------------------------ issue 12

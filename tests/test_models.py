@@ -1,4 +1,6 @@
 """FlexNet / FlexTCN as timm models: architecture facts, the timm model API and input checks."""
+import warnings
+
 import pytest
 import timm
 import torch
@@ -124,6 +126,23 @@ def test_head_reset_and_pooling(name, x):
         torch.testing.assert_close(model(x), pre)
         model.reset_classifier(0, '')
         assert model(x).dim() == x.dim()
+
+
+def test_flextcn_refuses_a_classifier_without_pooling():
+    """global_pool='' with a classifier applied the Linear over the time axis (a (B, 30, classes) tensor when
+    seq_len == 30, a matmul error otherwise): refused, like timm's heads, and a refused reset changes nothing."""
+    with pytest.raises(ValueError, match="global_pool='' .*num_classes=0"):
+        timm.create_model('flextcn2', seq_len=30, global_pool='')
+    model = timm.create_model('flextcn2', seq_len=30, num_classes=0, global_pool='')
+    assert model(torch.randn(2, 1, 30)).shape == (2, 30, 30)  # features, per step
+    with pytest.raises(ValueError, match='num_classes=0'):
+        model.reset_classifier(5)
+    assert model.num_classes == 0 and model.head.pool_type == ''
+    model.reset_classifier(5, 'last')
+    assert model(torch.randn(2, 1, 30)).shape == (2, 5)
+    with pytest.raises(ValueError, match='num_classes=0'):
+        model.reset_classifier(5, '')
+    assert model.num_classes == 5 and model.head.pool_type == 'last'
 
 
 @pytest.mark.parametrize('name,x', [('flexnet8', torch.randn(2, 3, 12, 12)), ('flextcn2', torch.randn(2, 1, 40))])
@@ -255,6 +274,36 @@ def test_set_mask_width_controls_kernel_sizes():
     assert set(model.kernel_sizes()) == {(5, 5)}
 
 
+@pytest.mark.parametrize('edit', ['set_mask_width', 'band_limit_', 'rebase_input_size'])
+def test_mask_edits_outside_the_optimizer_reach_the_lagged_crop(edit):
+    """The 'lagged' crop reads a copy of the mask made one forward earlier: a jump of the mask outside the optimizer
+    (set_mask_width, band_limit_(include_mask=True)) gave the next training forward the old, smaller crop,
+    silently (1.8 off the exact crop). The model's in-place editors now drop that copy."""
+    # 10 px: the 11-point grid's lagged window (3 taps) is smaller than the band-limited crop (5 taps)
+    size = 10 if edit == 'band_limit_' else 16
+    x, x32 = torch.randn(2, 3, size, size), torch.randn(2, 3, 32, 32)
+    outs = {}
+    for mode in ('exact', 'lagged'):
+        torch.manual_seed(0)
+        model = timm.create_model('flexnet8', widths=(6, 8), num_classes=3, img_size=size).train()
+        for layer in model.flexconv_layers():
+            layer.crop_mode = mode
+        model(x)  # records the lagged copy of the initial masks
+        if edit == 'set_mask_width':
+            model.set_mask_width(0.3)
+        elif edit == 'band_limit_':
+            model.band_limit_(include_mask=True)  # sigma 0.075 -> 0.255
+        else:
+            model.rebase_input_size(32)
+            x = x32
+        torch.manual_seed(1)  # same dropout masks
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')  # nor one step late ("the mask grew past the lagged crop")
+            outs[mode] = model(x)
+            model(x)
+    torch.testing.assert_close(outs['lagged'], outs['exact'], atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_models_reject_wrong_inputs_with_clear_errors():
     net = timm.create_model('flexnet8')
@@ -348,6 +397,19 @@ def test_cfg_input_size_has_the_models_channels(name, kwargs, channels):
     # the channel count may come from the tag's cfg (12 for JapaneseVowels) or from the caller
     model = timm.create_model(name, **kwargs)
     assert model.in_chans == channels == model.pretrained_cfg['input_size'][0] == model.default_cfg['input_size'][0]
+
+
+@pytest.mark.parametrize('in_chans', [2, 3])
+def test_pretrained_flextcn_adapts_its_input_shortcut_to_in_chans(in_chans):
+    """FlexTCN's first block reads the input twice: through the FlexConv (stem, adapted) and through its 1x1
+    shortcut, which kept its (30, 1, 1) weight, so the load failed. Both follow timm's rule (repeat, scale by
+    1 / in_chans): the model computes on a channel repeated in_chans times what the original computes on it."""
+    original = timm.create_model('flextcn2.mnist1d', pretrained=True).eval()
+    model = timm.create_model('flextcn2.mnist1d', pretrained=True, in_chans=in_chans).eval()
+    assert model.blocks[0].shortcut.weight.shape == (30, in_chans, 1)
+    x = torch.randn(2, 1, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x.repeat(1, in_chans, 1)), original(x), atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------- the redesign's single homes

@@ -183,21 +183,35 @@ def test_fft_conv_recompute_spectra_saves_real_tensors_and_gives_the_same_gradie
 
 
 def test_bf16_autocast_fft_error_is_bounded():
-    """Under bf16 autocast the FFT path computes in float32: its error vs float32 is FFT rounding only, far
-    below what a bf16 convolution would give."""
+    """Under bf16 autocast the FFT path computes in float32 and rounds once to bf16 (the dtype the direct path,
+    an autocast conv, returns): its error vs float32 is that one rounding, far below a bf16 convolution's."""
     x, w, b = _rand_conv(2, 16, 16, (32, 32), (33, 33))
     ref = conv_direct(x.double(), w.double(), b.double())
     with torch.autocast('cpu', dtype=torch.bfloat16):
         y = conv_nd(x, w, b, method='fft')
         y_bf16_in = conv_nd(x.bfloat16(), w.bfloat16(), b.bfloat16(), method='fft')
-    assert y.dtype == torch.float32
+    assert y.dtype == torch.bfloat16
     assert y_bf16_in.dtype == torch.bfloat16
     scale = ref.abs().max().item()
-    assert (y.double() - ref).abs().max().item() < 1e-5 * scale
+    torch.testing.assert_close(y.double(), ref, atol=1e-5 * scale, rtol=2 ** -8)  # one bf16 rounding
     # bf16 inputs and output: bounded by bf16 rounding (8 bits of mantissa) of inputs and result.
     assert (y_bf16_in.double() - ref).abs().max().item() < 2e-2 * scale
 
 
+
+@pytest.mark.parametrize('sizes,ks,causal', [((16, 16), (9, 9), False), ((40,), (40,), True)])
+def test_autocast_output_dtype_does_not_depend_on_the_dispatch(sizes, ks, causal):
+    """Under autocast the direct path (an autocast conv) returns bf16; the FFT path returned float32, so the
+    dtype of a layer's output depended on its kernel size and the autotuner."""
+    x, w, b = _rand_conv(2, 3, 4, sizes, ks)
+    for dtype in (torch.float32, torch.float16):  # (CPU float16 direct convs run in float32, then round)
+        args = (x.to(dtype), w.to(dtype), b.to(dtype))
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            outs = {method: conv_nd(*args, causal=causal, method=method) for method in ('direct', 'fft')}
+        assert {y.dtype for y in outs.values()} == {torch.bfloat16}, (dtype, outs)
+        torch.testing.assert_close(outs['fft'].float(), outs['direct'].float(), atol=5e-2, rtol=5e-2)
+        assert conv_nd(*args, causal=causal, method='fft').dtype == dtype  # no autocast: unchanged
+        assert conv_nd(*args, causal=causal, method='direct').dtype == dtype
 # ---------------------------------------------------------------------------------------------- dispatch
 def test_autotune_picks_a_valid_method_and_both_paths_agree():
     x, w, b = _rand_conv(4, 8, 8, (16, 16), (9, 9))
@@ -349,6 +363,21 @@ def test_cache_follows_set_input_size_and_dtype():
         out64 = model(x16.double())
     assert out64.dtype == torch.float64 and layer._cached_kernel.dtype == torch.float64
     torch.testing.assert_close(out64.float(), small, atol=1e-4, rtol=1e-4)
+
+
+def test_cache_keeps_autocast_kernels_apart():
+    """A kernel computed under bf16 autocast (kernel net in bf16) was reused by the next float32 forward (1e-3
+    off): the autocast state is part of the key, both ways."""
+    model = _tiny_flexnet().eval()
+    model.set_mask_width(0.3)
+    x = torch.randn(2, 3, 16, 16)
+    ref = _uncached(model, x)
+    with torch.no_grad():
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = model(x)
+        assert torch.equal(model(x), ref)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert torch.equal(model(x), low)
 
 
 # ---------------------------------------------------------------------------------------------- crop modes

@@ -6,10 +6,14 @@ options to every layer they build, so the options travel together: ``FlexConvCon
 keyword arguments of its fields (the form ``config.json``'s ``model_args`` and ``timm.create_model`` use).
 """
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 __all__ = ['FlexConvConfig', 'CONFIG_FIELDS']
+
+# Kernel nets whose hidden layers are their only path from the position to the output (see .kernelnet).
+POINTWISE_KERNEL_NETS = ('siren', 'mlp')
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,8 @@ class FlexConvConfig:
     Args:
         kernel_net: Kernel network name: 'magnet' (paper), 'gabor', 'fourier', 'siren' or 'mlp'.
         kernel_hidden: Hidden width of the kernel network (paper: 32).
-        kernel_layers: Hidden layers of the kernel network (paper: 3, i.e. 4 Gabor filters).
+        kernel_layers: Hidden layers of the kernel network (paper: 3, i.e. 4 Gabor filters); at least 1 for
+            'siren' and 'mlp', 0 (one filter) for the multiplicative filter nets.
         kernel_input_scale: Frequency scale of the first layers (paper: 25.6).
         kernel_init_spatial: Range of the Gabor centres at init; None: 1.667 * mask_init_sigma (original code).
         mask_init_mean: Initial mask centre; None: 1.0 for causal layers (the present step), else 0.0.
@@ -38,6 +43,20 @@ class FlexConvConfig:
     mask_threshold: float = 0.1
     conv_method: str = 'auto'
     follow_input_size: bool = False
+
+    def __post_init__(self):
+        # caught here, not as a matmul or ZeroDivisionError deep inside the kernel net
+        for name, value in (('kernel_hidden', self.kernel_hidden), ('kernel_layers', self.kernel_layers)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise TypeError(f"FlexConvConfig.{name} must be an int, got {value!r}.")
+        if self.kernel_hidden < 1:
+            raise ValueError(f"FlexConvConfig.kernel_hidden must be at least 1, got {self.kernel_hidden}.")
+        # a multiplicative filter net with 0 hidden layers is one filter and its output layer; an MLP needs a layer
+        min_layers = 1 if str(self.kernel_net).lower() in POINTWISE_KERNEL_NETS else 0
+        if self.kernel_layers < min_layers:
+            raise ValueError(
+                f"FlexConvConfig.kernel_layers must be at least {min_layers} for kernel_net={self.kernel_net!r}, "
+                f"got {self.kernel_layers}.")
 
     @property
     def gabor_init_spatial(self) -> float:

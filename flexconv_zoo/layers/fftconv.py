@@ -23,7 +23,8 @@ Speed notes (measured, see ``scripts/benchmark.py`` and ``docs/PERFORMANCE.md``)
   transforms run column pass, crop, row pass (only the kept rows reach the second pass).
   ``einsum`` picked a path that was 80x slower here on CPU. Under ``torch.compile``/export, FX tracing and on
   the meta device the same function is computed from differentiable ops (:func:`_fft_reference`).
-* FFTs run in float32 (complex64) for half-precision inputs and under autocast.
+* FFTs run in float32 (complex64) for half-precision inputs and under autocast; under autocast the result is
+  rounded once to the autocast dtype, the dtype of the direct path's (autocast) convolution.
 * Memory format: like ``F.conv2d``, both paths return a ``channels_last`` output for a ``channels_last`` 2-D
   input (and a ``channels_last`` input gradient in the FFT backward), so a channels-last network stays
   channels-last through its FFT layers instead of flipping layouts at every one. The FFT path transforms a
@@ -158,7 +159,8 @@ def _direct(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
         # CPUs have no fast float16 convolution (one 48->48 33x33 layer on two 32x32 images: 109 s in float16,
         # 0.4 s in float32): compute in float32, as the FFT path does, and round once at the end
         bias = bias.float() if bias is not None else None
-        return _direct(x.float(), weight.float(), bias, before).to(x.dtype)
+        y = _direct(x.float(), weight.float(), bias, before)
+        return y if torch.is_autocast_enabled('cpu') else y.to(x.dtype)  # autocast: its dtype, as any conv
     dim = weight.dim() - 2
     conv = F.conv1d if dim == 1 else F.conv2d
     ks = weight.shape[2:]
@@ -402,6 +404,10 @@ def _announce_large_fft(x: torch.Tensor, weight: torch.Tensor, fft_shape: Sequen
 
 def _fft(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], before: Sequence[int]):
     out_dtype = torch.result_type(x, weight)
+    if out_dtype != torch.float64 and x.device.type != 'meta' and torch.is_autocast_enabled(x.device.type):
+        # what the direct path (an autocast conv, which leaves float64 alone) returns: the output dtype must not
+        # depend on the dispatch
+        out_dtype = torch.get_autocast_dtype(x.device.type)
     compute_dtype = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
     sizes, ks = x.shape[2:], weight.shape[2:]
     fft_shape = [fft_length(n, k, b) for n, k, b in zip(sizes, ks, before)]

@@ -16,7 +16,9 @@ every forward does this for the size of its input.
 In eval mode the cropped, masked kernel is cached (:class:`.kernel_cache.KernelCache`) and reused until a
 parameter changes (in place or by replacement), the sampling grid changes, the module moves (``.to``), a state
 dict is loaded, or the layer returns to train mode. In-place edits through ``.data`` bypass version counters:
-call :meth:`FlexConvNd.clear_kernel_cache` after those.
+call :meth:`FlexConvNd.clear_kernel_cache` after those, and after any change of the mask outside the optimizer
+step (the 'lagged' crop below reads a copy of the mask made one forward earlier and can only follow small steps;
+``set_mask_width`` and ``band_limit_`` do this themselves).
 
 The crop is a shape, so deciding it reads the mask parameters on the host. ``crop_mode`` picks how
 (the rule is :mod:`.crop`'s, used through :class:`.mask.GaussianMask`):
@@ -204,8 +206,17 @@ class FlexConvNd(nn.Module):
             start, length = self._lagged_crop.window(self.mask, grid) if mode == 'lagged' else ((0,) * self.dim, grid)
             if not ref.is_meta:  # meta: no values, and the output shape does not depend on the crop
                 indicator, overflow = self.mask.indicator(grid, start, length)
-        positions = self._kernel_cache.positions(grid, start, length, ref.device, ref.dtype)
-        values = self.kernel_net(positions)  # (P, out * in)
+        # bfloat16 (8 significant bits) turns a 16000-point grid into 1780 distinct positions: half-precision
+        # layers sample their kernel in float32 (float32 copies of the kernel net's parameters, gradients flow
+        # back to them) and round the kernel once
+        low = ref.dtype in (torch.float16, torch.bfloat16)
+        positions = self._kernel_cache.positions(grid, start, length, ref.device,
+                                                 torch.float32 if low else ref.dtype)
+        if low:
+            params = {name: p.float() for name, p in self.kernel_net.named_parameters()}
+            values = torch.func.functional_call(self.kernel_net, params, (positions,))
+        else:
+            values = self.kernel_net(positions)  # (P, out * in)
         weight = values.t().reshape(self.out_channels, self.in_channels, *length)
         mask = self.mask(positions).reshape(*length)
         if indicator is not None:
@@ -215,7 +226,7 @@ class FlexConvNd(nn.Module):
             mask = mask * scale
         if mode == 'lagged':
             self._lagged_crop.record(self.mask, overflow)
-        return weight * mask
+        return (weight * mask).to(ref.dtype)
 
     def _use_cache(self) -> bool:
         if self.training or torch.compiler.is_compiling() or self.mask.sigma.is_meta:
@@ -340,6 +351,7 @@ class FlexConvNd(nn.Module):
         ``FlexConvModelMixin.band_limit_``); with ``include_mask`` a mask narrower than half the band
         (``1 / (pi sigma) > f_Nyq / 2``) is widened to it first and the kernel net gets what it leaves."""
         alias_free.band_limit_(self._filter_net(), self.mask, self.nyquist_frequency(), include_mask)
+        self.clear_kernel_cache()  # a widened mask: the 'lagged' crop's copy of it is stale
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.grid}"

@@ -1,5 +1,5 @@
 """What a FlexConv layer keeps between forwards: its eval-mode kernel and the constant position grids."""
-from typing import Callable, Dict, Iterable, Optional, Sequence
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 
@@ -8,11 +8,21 @@ from .resolution import grid_positions
 __all__ = ['KernelCache']
 
 
+def _autocast_state(device: torch.device) -> Tuple[str, bool, Optional[torch.dtype]]:
+    """Whether autocast is on for ``device``'s type, and to which dtype."""
+    kind = device.type
+    if kind == 'meta' or not torch.amp.is_autocast_available(kind):
+        return kind, False, None
+    enabled = torch.is_autocast_enabled(kind)
+    return kind, enabled, torch.get_autocast_dtype(kind) if enabled else None
+
+
 class KernelCache:
     """The eval kernel of one layer, reused until its key changes, and the grids its kernel net is sampled on.
 
     The key holds the grid, the source grid, inference mode (an inference-mode kernel cannot join autograd
-    later) and per parameter its device, dtype, storage (replaced) and version counter (changed in place).
+    later), autocast (on, dtype) on the parameters' devices and per parameter its device, dtype, storage
+    (replaced) and version counter (changed in place).
     Nothing is pickled: a copy starts empty.
     """
 
@@ -34,7 +44,9 @@ class KernelCache:
             compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The cached kernel, or ``compute()`` when the key has changed."""
         params = tuple((p.device, p.dtype, p.data_ptr(), p._version) for p in params)
-        key = grid, source_grid, torch.is_inference_mode_enabled(), params
+        # a kernel computed under autocast is a low-precision kernel: never reuse it outside (or vice versa)
+        autocast = frozenset(_autocast_state(device) for device, *_ in params)
+        key = grid, source_grid, torch.is_inference_mode_enabled(), autocast, params
         if self.kernel is None or self.key != key:
             self.kernel = compute()
             self.key = key

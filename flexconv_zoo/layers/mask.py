@@ -72,7 +72,10 @@ class GaussianMask(nn.Module):
 
     @torch.no_grad()
     def widen_(self, min_sigma: float) -> None:
-        """Raise ``|sigma|`` to at least ``min_sigma``, keeping its sign (the mask only reads ``|sigma|``)."""
+        """Raise ``|sigma|`` to at least ``min_sigma``, keeping its sign (the mask only reads ``|sigma|``).
+
+        The owning layer's lagged crop does not see this jump: call its ``clear_kernel_cache()`` afterwards
+        (``FlexConvNd.band_limit_`` does)."""
         sigma = self.sigma
         sigma.copy_(sigma.sign().where(sigma != 0, torch.ones_like(sigma)) * sigma.abs().clamp_min(min_sigma))
 

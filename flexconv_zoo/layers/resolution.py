@@ -49,6 +49,11 @@ def grid_size_for_input(input_size: IntOrSeq, dim: int, causal: bool = False) ->
 
     Centred ("same") kernels get ``2 * (n // 2) + 1`` points, so every pixel reaches every other one
     (33 for 32 px); causal kernels get ``n`` points, the present and all ``n - 1`` past steps.
+
+    ``2 * (n // 2) + 1`` is the smallest odd count ``>= n``: a centred kernel needs a tap at position 0 of its
+    ``linspace(-1, 1, K)`` grid, so an even size and the odd size above it share a grid (30 px and 31 px both
+    get 31 points, with the same step). This is the original code's convention, kept so that its checkpoints
+    (``train_length``) and the shipped weights are sampled on the grid they were trained on.
     """
     sizes = to_tuple(input_size, dim, 'input_size')
     if any(n < MIN_INPUT_SIZE for n in sizes):

@@ -110,7 +110,8 @@ def convert_original_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str
 
 
 def _adapt_stem_channels(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
-    """Adapt the first FlexConv's kernel-net output to ``model.in_chans`` input channels (timm's rule)."""
+    """Adapt the first FlexConv's kernel-net output to ``model.in_chans`` input channels (timm's rule), and the
+    plain convolutions that read the input beside it."""
     stem = next(model.flexconv_layers(), None)
     if stem is None:
         return
@@ -130,6 +131,22 @@ def _adapt_stem_channels(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     if bias_key in state_dict:
         bias = state_dict[bias_key].reshape(out_chs, source_in, 1, 1)
         state_dict[bias_key] = adapt_input_conv(target_in, bias, base_chans=source_in).reshape(-1)
+    _adapt_input_shortcuts(state_dict, model, source_in)
+
+
+def _adapt_input_shortcuts(state_dict: Dict[str, torch.Tensor], model: nn.Module, source_in: int) -> None:
+    """Adapt the plain convolutions that also read the input (FlexTCN's first 1x1 shortcut) like the stem."""
+    for name, module in model.named_modules():
+        key = name + '.weight'
+        if not isinstance(module, (nn.Conv1d, nn.Conv2d)) or key not in state_dict:
+            continue
+        weight, expected = state_dict[key], module.weight.shape
+        if module.in_channels != model.in_chans or weight.shape[1] != source_in:
+            continue
+        if weight.shape[:1] + weight.shape[2:] != expected[:1] + expected[2:]:
+            continue  # another layer than the model's: load_state_dict reports it
+        as_2d = weight.reshape(*weight.shape, *([1] * (4 - weight.dim())))  # OIHW, as timm's rule takes
+        state_dict[key] = adapt_input_conv(module.in_channels, as_2d, base_chans=source_in).reshape(expected)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
