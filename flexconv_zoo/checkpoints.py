@@ -119,17 +119,37 @@ def save_training_state(accelerator, run_dir: Path, name: str, keep: int, custom
     return final
 
 
+def _set_aside(folder: Path) -> Path:
+    """Rename a checkpoint folder to ``damaged-<name>`` (``-2``, ``-3``, ... if taken): out of the ``step_*`` names
+    that restore and pruning see, but kept for a look."""
+    target = folder.with_name(f'damaged-{folder.name}')
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f'damaged-{folder.name}-{n}')
+    os.replace(folder, target)
+    return target
+
+
 def restore_newest(accelerator, run_dir: Path, custom_objects: Sequence[Any]) -> Path:
-    """Load the newest intact checkpoint; a damaged newer one (a crash mid-copy, a full disk) is reported and
-    skipped. Nothing is restored from a checkpoint until all of its files have been read."""
-    damaged = []
+    """Load the newest intact checkpoint; a damaged newer one (a crash mid-copy, a full disk) is reported, skipped
+    and, once an older one is restored, renamed to ``damaged-<name>``: left as ``step_*`` it would stay the newest
+    name, and pruning (which keeps the highest names) could delete every fresh checkpoint right after writing it.
+    Nothing is restored from a checkpoint until all of its files have been read."""
+    damaged, skipped = [], []
     for folder in checkpoint_folders(run_dir):
         try:
             load_training_state(accelerator, folder, custom_objects)
         except Exception as e:
             damaged.append(f"{folder.name} ({e})")
+            skipped.append(folder)
             accelerator.print(f"warning: checkpoint {folder} cannot be restored ({e}); trying an older one")
             continue
+        accelerator.wait_for_everyone()  # every process has read what it needs before a folder moves
+        if accelerator.is_main_process:
+            for bad in skipped:
+                accelerator.print(f"warning: renamed the damaged checkpoint {bad} to {_set_aside(bad).name}")
+        accelerator.wait_for_everyone()
         return folder
     raise UserError(f"No intact checkpoint in {Path(run_dir) / 'checkpoints'}: {'; '.join(damaged)}. Start a new "
                     f"run (with --initial-checkpoint to keep weights) or restore the folder from a backup.")

@@ -8,7 +8,7 @@ learning-rate schedule planned over the whole run. A schedule is a list of ``SIZ
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-__all__ = ['Stage', 'parse_size_schedule', 'stage_start_epochs', 'size_at_epoch']
+__all__ = ['Stage', 'parse_size_schedule', 'stage_start_epochs', 'check_stage_epochs', 'size_at_epoch']
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,21 @@ def parse_size_schedule(items: Optional[Sequence[str]]) -> List[Stage]:
 def stage_start_epochs(stages: Sequence[Stage], epochs: int) -> List[int]:
     """First epoch (0-based) of every stage in a run of ``epochs`` epochs."""
     return [round(s.start_fraction * epochs) for s in stages]
+
+
+def check_stage_epochs(stages: Sequence[Stage], epochs: int) -> None:
+    """``ValueError`` unless every stage trains at least one epoch once its start fraction is rounded to an epoch
+    (``20:0 24:0.5 32:0.55`` with 4 epochs would start 24 px and 32 px together; ``20:0 32:0.96`` with 10 epochs
+    would start 32 px after the last epoch). The message gives the epoch each stage would start at."""
+    starts = stage_start_epochs(stages, epochs)
+    lost = [s for i, s in enumerate(stages) if starts[i] >= (starts[i + 1] if i + 1 < len(stages) else epochs)]
+    if lost:
+        plan = ', '.join(f"{s.img_size} px at epoch {start + 1}" for s, start in zip(stages, starts))
+        never = ', '.join(f"{s.img_size} px" for s in lost)
+        raise ValueError(f"--img-size-schedule {' '.join(f'{s.img_size}:{s.start_fraction:g}' for s in stages)} "
+                         f"with --epochs {epochs} starts {plan}: {never} would never be trained. Space the fractions "
+                         f"at least 1/{epochs} = {1 / epochs:.3g} apart and below {(epochs - 0.5) / epochs:.3g}, or "
+                         f"train more --epochs.")
 
 
 def size_at_epoch(stages: Sequence[Stage], epochs: int, epoch: int) -> int:

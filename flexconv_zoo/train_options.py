@@ -1,16 +1,17 @@
 """The options of ``scripts/train.py``: parser, checks that turn bad values into one-line errors, and what a
 resumed run takes from its ``args.json``."""
 import argparse
+import functools
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .checkpoints import latest_checkpoint
 from .cli import VAL_FOLD_HELP, UserError, parse_val_fold
-from .progressive import parse_size_schedule
+from .progressive import check_stage_epochs, parse_size_schedule
 
 __all__ = ['build_train_parser', 'resolve_train_args', 'validate_train_args', 'RESUME_OVERRIDES']
 
@@ -18,7 +19,12 @@ __all__ = ['build_train_parser', 'resolve_train_args', 'validate_train_args', 'R
 RESUME_OVERRIDES = ('stop_after_steps', 'workers', 'progress', 'checkpoint_every', 'keep_checkpoints',
                     'mixed_precision', 'cpu', 'data_dir', 'track_test', 'channels_last', 'ema_warmup')
 # data_dir: the same files on another machine; channels_last: a memory layout, the same function (a speed choice);
-# ema_warmup: the schedule of the weight average, which never feeds back into training
+# ema_warmup: the schedule of the weight average, which never feeds back into training.
+# The on/off ones among them have a --no-... form (--progress for --no-progress), to switch them off again.
+
+# Names create_scheduler_v2 may know; the ones the installed timm builds for a per-update schedule are accepted
+# (plateau needs per-epoch steps, none would leave the loop without a schedule).
+SCHEDULER_CANDIDATES = ('cosine', 'tanh', 'step', 'multistep', 'poly', 'constant', 'wsd', 'rsqrt')
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -74,18 +80,19 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--grad-accum', type=int, default=1, help="gradient accumulation steps")
     g.add_argument('--ema', action='store_true', help="keep an EMA of the weights (timm ModelEmaV3)")
     g.add_argument('--ema-decay', type=float, default=0.999)
-    g.add_argument('--ema-warmup', action='store_true',
+    g.add_argument('--ema-warmup', action=argparse.BooleanOptionalAction, default=False,
                    help="ramp the EMA decay up from 0 (timm's 1 - (1 + step)^-2/3, capped at --ema-decay): the average "
                         "follows the weights early in training instead of mixing in the random start")
     g.add_argument('--mixed-precision', default='no', choices=('no', 'bf16', 'fp16'))
     g.add_argument('--grad-checkpointing', action='store_true',
                    help="recompute each block in the backward (model.set_grad_checkpointing): less memory, slower "
                         "steps; as with any checkpointed BN network, BN statistics see each batch twice")
-    g.add_argument('--channels-last', action='store_true',
+    g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=False,
                    help="image models: model and training batches in torch.channels_last memory format (as timm's "
                         "train.py; same function, faster direct convolutions with oneDNN/cuDNN); an error for "
                         "sequence models")
-    g.add_argument('--cpu', action='store_true', help="train on the CPU even when a GPU is present")
+    g.add_argument('--cpu', action=argparse.BooleanOptionalAction, default=False,
+                   help="train on the CPU even when a GPU is present")
     g.add_argument('--seed', type=int, default=0)
     g.add_argument('--autotune', action='store_true',
                    help="pick FFT/direct convolutions by timing (faster, but runs and resumes are no longer bitwise "
@@ -93,13 +100,19 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('run folder')
     g.add_argument('--output', default='runs', help="parent folder of run folders")
     g.add_argument('--name', help="run folder name (default: <model>-<data>-<size>px-<time>)")
-    g.add_argument('--resume', help="continue the run in this folder from its newest checkpoint")
+    g.add_argument('--resume', help="continue the run in this folder from its newest checkpoint, with the options "
+                   "in its args.json; only --data-dir, --workers, --stop-after-steps, --checkpoint-every, "
+                   "--keep-checkpoints, --mixed-precision, --[no-]cpu, --[no-]progress, --[no-]track-test, "
+                   "--[no-]channels-last and --[no-]ema-warmup may be given with it")
     g.add_argument('--checkpoint-every', type=int, default=500, help="optimizer steps between checkpoints (0: epochs only)")
     g.add_argument('--keep-checkpoints', type=int, default=2)
-    g.add_argument('--stop-after-steps', type=int,
-                   help="checkpoint and stop after this many optimizer steps (a resumable pause; simulates a kill)")
-    g.add_argument('--no-progress', dest='progress', action='store_false', help="no progress bar")
-    g.add_argument('--track-test', action='store_true',
+    g.add_argument('--stop-after-steps', type=int, metavar='STEP',
+                   help="checkpoint and stop once the run's optimizer step count (global, counted from the start of "
+                        "the run, not of this session) reaches STEP: a resumable pause; a resume at or past STEP "
+                        "stops after its first step")
+    g.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars (--no-progress: log lines only)")
+    g.add_argument('--track-test', action=argparse.BooleanOptionalAction, default=False,
                    help="also evaluate the test split after every epoch, for learning curves only: model selection "
                         "stays on the validation split")
     g.add_argument('--no-test', action='store_true',
@@ -123,6 +136,47 @@ def _check_writable(folder: Path, option: str) -> None:
     except OSError as e:
         raise UserError(f"{option} {folder} is not writable ({e.strerror or e}): pick a writable folder with "
                         f"{option}.") from None
+
+
+def _close_matches(name: str, known: Sequence[str]) -> str:
+    import difflib
+    close = difflib.get_close_matches(name.lower(), known, n=4, cutoff=0.6)
+    return f"did you mean {', '.join(close)}? " if close else ''
+
+
+@functools.lru_cache(maxsize=1)
+def _usable_schedulers() -> List[str]:
+    """The :data:`SCHEDULER_CANDIDATES` the installed timm builds as a per-update schedule (tried on a dummy
+    optimizer: timm has no registry of scheduler names)."""
+    import torch
+    from timm.scheduler import create_scheduler_v2
+    usable = []
+    for name in SCHEDULER_CANDIDATES:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        try:
+            scheduler, _ = create_scheduler_v2(optimizer, sched=name, num_epochs=10, warmup_epochs=1,
+                                               step_on_epochs=False, updates_per_epoch=2)
+        except Exception:  # noqa: BLE001  (an older timm without it)
+            continue
+        if scheduler is not None:
+            usable.append(name)
+    return usable
+
+
+def _check_opt_and_sched(opt: str, sched: str) -> None:
+    """Misspelled names fail here, before the data is read, not with timm's traceback after it."""
+    from timm.optim import list_optimizers
+    optimizers = list_optimizers()
+    parts = str(opt).lower().split('_')  # timm's own parsing: lookahead_<name>
+    if parts[-1] not in optimizers or (len(parts) > 1 and (len(parts) > 2 or parts[0] != 'lookahead')):
+        raise UserError(f"--opt {opt} is not a timm optimizer: {_close_matches(parts[-1], optimizers)}see "
+                        f"timm.optim.list_optimizers() for all {len(optimizers)} (lookahead_<name> adds Lookahead).")
+    schedulers = _usable_schedulers()
+    if sched not in schedulers:  # timm compares the names case-sensitively
+        why = ("steps once per epoch on a validation metric; train.py steps the schedule every update"
+               if sched == 'plateau' else "is not a timm scheduler train.py can use")
+        raise UserError(f"--sched {sched} {why}: {_close_matches(str(sched), schedulers)}pick one of "
+                        f"{', '.join(schedulers)}.")
 
 
 def validate_train_args(args: argparse.Namespace) -> None:
@@ -163,6 +217,12 @@ def validate_train_args(args: argparse.Namespace) -> None:
     if stages and args.img_size is not None and args.img_size != stages[0].img_size:
         raise UserError(f"--img-size {args.img_size} disagrees with --img-size-schedule, which starts at "
                         f"{stages[0].img_size} px: leave --img-size out.")
+    if stages and not args.resume:  # a started run keeps the schedule it has (--epochs cannot change on resume)
+        try:
+            check_stage_epochs(stages, args.epochs)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    _check_opt_and_sched(args.opt, args.sched)
     if not 0 <= args.smoothing < 1:
         raise bad('--smoothing', args.smoothing, "in [0, 1)")
     if not 0 <= args.ema_decay <= 1:
@@ -191,17 +251,54 @@ def resolve_train_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         validate_train_args(args)
         return args
     run_dir = Path(args.resume)
-    if not (run_dir / 'args.json').is_file() or latest_checkpoint(run_dir) is None:
-        raise UserError(f"{run_dir} is not a run folder to resume (it needs args.json and checkpoints/step_*).")
+    if not (run_dir / 'args.json').is_file():
+        raise UserError(f"{run_dir} is not a run folder to resume (it has no args.json).")
+    if latest_checkpoint(run_dir) is None:
+        raise UserError(f"{run_dir} has no checkpoint yet (the run stopped before its first one), so there is nothing "
+                        f"to resume: delete or rename the folder, then start the run again with its original command "
+                        f"(the options in {run_dir / 'args.json'}).")
     try:
         saved = json.loads((run_dir / 'args.json').read_text())
     except ValueError as e:
         raise UserError(f"Cannot read {run_dir / 'args.json'} ({e}): restore it from a backup or start a new "
                         f"run.") from None
-    given = {k: v for k, v in vars(args).items() if k in RESUME_OVERRIDES and v != parser.get_default(k)}
+    given = _given_options(argv)
+    given.pop('resume')
+    # the same value as the run's own is no change; anything else outside RESUME_OVERRIDES would be ignored silently
+    fixed = [k for k, v in given.items() if k not in RESUME_OVERRIDES and _as_json(v) != saved.get(k)]
+    if fixed:
+        names = dict(_option_names(parser))
+        raise UserError(
+            f"{', '.join(names[k] for k in fixed)} cannot change when resuming: {run_dir} continues with the options "
+            f"in its args.json. Leave {'it' if len(fixed) == 1 else 'them'} out (a resume may change "
+            f"{', '.join(sorted(names[k] for k in RESUME_OVERRIDES))}), or start a new run to train with "
+            f"other settings.")
     defaults = vars(parser.parse_args([]))  # options added since the run started keep their defaults
     merged = argparse.Namespace(**{**defaults, **saved, **given})
     merged.resume = str(run_dir)
-    merged.stop_after_steps = args.stop_after_steps  # a pause of the earlier session does not carry over
+    merged.stop_after_steps = given.get('stop_after_steps')  # a pause of the earlier session does not carry over
     validate_train_args(merged)
     return merged
+
+
+def _given_options(argv: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """The options the command line actually gives (a parse in which no option has a default), whatever their
+    value: ``--workers 0`` overrides a run's 8 although 0 is the default."""
+    parser = build_train_parser()
+    for action in parser._actions:  # not set_defaults: argparse would put its SUPPRESS marker in the namespace
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def _option_names(parser: argparse.ArgumentParser):
+    """``(dest, '--option')`` pairs; ``--[no-]flag`` for the on/off ones."""
+    for action in parser._actions:  # argparse has no public list of its options
+        if action.option_strings and action.dest != 'help':
+            first = action.option_strings[0]
+            yield action.dest, (f"--[no-]{first[2:]}" if isinstance(action, argparse.BooleanOptionalAction)
+                                else first)
+
+
+def _as_json(value: Any) -> Any:
+    """A parsed value as args.json holds it (tuples become lists)."""
+    return json.loads(json.dumps(value))

@@ -31,10 +31,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
+from accelerate.data_loader import DataLoaderStateMixin
 
 from .checkpoints import (
-    check_model_name, checkpoint_name, create_model, export_weights, load_weights, min_input_size, pretrained_model,
-    restore_newest, save_training_state, weights_file,
+    check_model_name, checkpoint_name, create_model, export_weights, latest_checkpoint, load_weights, min_input_size,
+    pretrained_model, restore_newest, save_training_state, weights_file,
 )
 from .cli import UserError, parse_model_kwargs
 from .evaluation import evaluate
@@ -121,8 +122,25 @@ def _run_dir(args: argparse.Namespace, accelerator, size: Any) -> Path:
         broadcast_object_list(name)
     run_dir = Path(args.output) / name[0]
     if (run_dir / 'args.json').exists():
+        if latest_checkpoint(run_dir) is None:  # stopped before its first checkpoint: nothing to resume
+            raise UserError(f"Run folder {run_dir} already exists but has no checkpoint yet (it stopped before its "
+                            f"first one): delete or rename it, then run this command again; or pick another --name.")
         raise UserError(f"Run folder {run_dir} already exists: continue it with --resume {run_dir} or pick --name.")
     return run_dir
+
+
+def _check_num_processes(run_dir: Path, num_processes: int) -> None:
+    """A resume must run as many processes as the run recorded: the data position (batches per process) and the
+    learning-rate schedule (updates per epoch) both depend on it."""
+    try:
+        recorded = json.loads((run_dir / 'run_info.json').read_text()).get('num_processes')
+    except (OSError, ValueError):
+        return  # no (readable) record: nothing to compare with
+    if recorded is not None and int(recorded) != num_processes:
+        raise UserError(f"--resume {run_dir}: the run was trained with {recorded} process(es) (run_info.json), this "
+                        f"launch has {num_processes}; the data position and learning-rate schedule would not match. "
+                        f"Resume with {recorded} process(es) (accelerate launch --num_processes {recorded} or "
+                        f"torchrun --nproc_per_node {recorded}), or start a new run.")
 
 
 def _build_model(args: argparse.Namespace, splits) -> tuple:
@@ -248,6 +266,31 @@ class _LoaderBatches:
         return iter(loader)
 
 
+class _InMemoryEpochs(DataLoaderStateMixin):
+    """``--batch-augment`` batches (:class:`~flexconv_zoo.data.batch_augment.InMemoryBatches`) that tell Accelerate
+    which batch ends the epoch, as its prepared DataLoaders do: with ``--grad-accum`` the epoch's last, partial
+    accumulation then steps the optimizer, instead of carrying its gradients into the next epoch past the epoch's
+    checkpoint (which does not store them), and an epoch has the updates the schedule plans for."""
+
+    def __init__(self, batches, accelerator):
+        self.inner, self.gradient_state = batches, accelerator.gradient_state
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def set_size(self, size: int) -> None:
+        self.inner.set_size(size)
+
+    def batches(self, epoch: int, start: int = 0):
+        self.begin()  # Accelerate's accumulate() now reads end_of_dataloader
+        try:
+            for i, batch in enumerate(self.inner.batches(epoch, start), start + 1):
+                self.end_of_dataloader = i == len(self.inner)
+                yield batch
+        finally:
+            self.end()
+
+
 def _train_batches(args: argparse.Namespace, splits, accelerator, input_kwargs: Dict[str, Any]):
     """The training input: whole-batch augmentation of in-memory images (``--batch-augment``) or a DataLoader."""
     if not getattr(args, 'batch_augment', False):
@@ -261,9 +304,10 @@ def _train_batches(args: argparse.Namespace, splits, accelerator, input_kwargs: 
                         f"{splits.name} is read image by image: leave --batch-augment out.")
     padding, flip = (0, False) if args.no_augment else (4, True)
     augment = BatchAugment(input_kwargs['img_size'], padding=padding, hflip=flip, mean=splits.mean, std=splits.std)
-    return InMemoryBatches(data[splits.train.indices], splits.train.targets, args.batch_size, augment,
-                           seed=args.seed, rank=accelerator.process_index, num_processes=accelerator.num_processes,
-                           device=accelerator.device)
+    return _InMemoryEpochs(InMemoryBatches(
+        data[splits.train.indices], splits.train.targets, args.batch_size, augment, seed=args.seed,
+        rank=accelerator.process_index, num_processes=accelerator.num_processes, device=accelerator.device),
+        accelerator)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -284,6 +328,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
                               cpu=args.cpu, rng_types=[], project_dir=str(runs_parent),
                               log_with='tensorboard' if is_tensorboard_available() else None)
+    if args.resume:
+        _check_num_processes(Path(args.resume), accelerator.num_processes)
     set_seed(args.seed)
     try:
         splits = create_datasets(args.data, args.data_dir, val_size=args.val_size, seed=args.seed,
@@ -388,13 +434,18 @@ class _Loop:
         names = set(unwrapped.mask_parameter_names()) if isinstance(unwrapped, FlexConvModelMixin) else set()
         self._masks = [p for n, p in unwrapped.named_parameters() if n in names]  # checked for NaN on every sync
         self._loss_sum = None  # device-side running sums: start_running_sums
+        self._saved = None  # name of the newest checkpoint this session wrote
 
     def checkpoint(self) -> None:
         self.sync_running_sums()  # also stops a diverged run before its state is saved
         state = self.state
-        save_training_state(self.acc, self.run_dir, checkpoint_name(state.global_step, state.epoch,
-                                                                     state.batch_in_epoch),
-                            self.args.keep_checkpoints, self.custom_objects)
+        name = checkpoint_name(state.global_step, state.epoch, state.batch_in_epoch)
+        if name == self._saved:
+            # --checkpoint-every and a stop on the same step: that state is on disk already, and writing it again
+            # would replace the folder (with --keep-checkpoints 1 a kill in between would leave none)
+            return
+        save_training_state(self.acc, self.run_dir, name, self.args.keep_checkpoints, self.custom_objects)
+        self._saved = name
 
     def run(self, val_loader, test_loader) -> bool:
         """Train to the last epoch; True when stopped early by ``--stop-after-steps``."""
@@ -414,7 +465,11 @@ class _Loop:
                                        f"new stage starts a new selection at {size} px")
                         state.best_top1, state.best_epoch = -1.0, -1
             batches = self.train_batches.batches(state.epoch, state.batch_in_epoch)
-            if self.train_epoch(batches, len(self.train_batches)):
+            try:
+                stopped = self.train_epoch(batches, len(self.train_batches))
+            finally:  # a stopped epoch leaves Accelerate's gradient state now, not when garbage-collected
+                getattr(batches, 'close', lambda: None)()
+            if stopped:
                 return True
             self.end_epoch(val_loader, test_loader)
         return False

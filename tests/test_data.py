@@ -297,3 +297,30 @@ def test_image_folder_class_mismatches_are_errors(tmp_path):
     Image.new('RGB', (24, 20)).save(tmp_path / 'extra' / 'test' / 'c' / '0.png')
     with pytest.raises(DataError, match='class folder.s. c that'):
         create_datasets(str(tmp_path / 'extra'))
+
+
+# ---------------------------------------------------------------------------------------------- batch augment
+@pytest.mark.parametrize('n_images, batch_size, num_processes', [(20, 4, 2), (18, 4, 2), (9, 4, 3), (3, 2, 4)])
+def test_in_memory_batches_give_every_process_the_same_number_of_batches(n_images, batch_size, num_processes):
+    """An odd split (20 images / 4 = 5 batches over 2 processes) gives every process ceil(5 / 2) = 3 batches, or the
+    processes' collectives and learning-rate schedules would not match; the padding wraps around the epoch's
+    permutation, as Accelerate's even_batches does."""
+    from flexconv_zoo.data.batch_augment import BatchAugment, InMemoryBatches
+    images = np.random.default_rng(0).integers(0, 256, (n_images, 6, 6, 3), dtype=np.uint8)
+    make = lambda rank=0, n=1: InMemoryBatches(images, np.arange(n_images), batch_size, BatchAugment(6),  # noqa: E731
+                                               seed=1, rank=rank, num_processes=n)
+    order = torch.cat([y for _, y in make().batches(epoch=3)])  # one process: the epoch's permutation
+    total = -(-n_images // batch_size)
+    per_process = -(-total // num_processes)
+    shards = [list(make(r, num_processes).batches(epoch=3)) for r in range(num_processes)]
+    assert [len(s) for s in shards] == [per_process] * num_processes
+    assert [len(make(r, num_processes)) for r in range(num_processes)] == [per_process] * num_processes
+    for g in range(per_process * num_processes):
+        _, y = shards[g % num_processes][g // num_processes]
+        if g < total:  # the natural batches, the last one possibly short
+            assert y.tolist() == order[g * batch_size:(g + 1) * batch_size].tolist()
+        else:  # padding: the permutation again from its start
+            first = (g - total) * batch_size
+            assert y.tolist() == [order[(first + k) % n_images].item() for k in range(batch_size)]
+    resumed = list(make(1, num_processes).batches(epoch=3, start=per_process - 1))  # a resume sees the same batch
+    assert torch.equal(resumed[0][0], shards[1][-1][0]) and torch.equal(resumed[0][1], shards[1][-1][1])

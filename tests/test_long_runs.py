@@ -148,7 +148,7 @@ def test_progressive_and_batch_augment_bad_options(tiny_cifar, tmp_path, cache, 
     rc = run_cli(train_main, [*base, '--data', 'cifar10', '--data-dir', str(tiny_cifar),
                               '--img-size-schedule', '16:0.5'])
     assert rc == 2 and 'fraction 0' in capsys.readouterr().err
-    seq = ['--model', 'flextcn2', '--epochs', '1', '--no-progress', '--output', str(tmp_path / 'runs'),
+    seq = ['--model', 'flextcn2', '--epochs', '2', '--no-progress', '--output', str(tmp_path / 'runs'),
            '--data', 'mnist1d']
     rc = run_cli(train_main, [*seq, '--batch-augment'])
     assert rc == 2 and '--batch-augment needs images held in memory' in capsys.readouterr().err

@@ -12,9 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 import flexconv_zoo  # noqa: F401  (registers the models)
-from conftest import write_image_folder
+from conftest import write_cifar_tarball, write_image_folder
 from flexconv_zoo.campaign_report import epoch_table
-from flexconv_zoo.cli import run_cli
+from flexconv_zoo.cli import UserError, run_cli
+from flexconv_zoo.progressive import check_stage_epochs, parse_size_schedule
+from flexconv_zoo.train_options import build_train_parser, resolve_train_args
 from flexconv_zoo.training import param_groups, train_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,6 +240,8 @@ def test_script_bad_input_exit_code(tmp_path):
     ['--epochs', '-1'], ['--epochs', '0'], ['--lr', 'nan'], ['--batch-size', '0'], ['--train-subset', '0'],
     ['--grad-accum', '0'], ['--val-size', '-5'], ['--data', 'cifar100'], ['--img-size', '0'],
     ['--checkpoint-every', '-1'], ['--ema-decay', '1.5'],
+    ['--opt', 'adamm'], ['--sched', 'cosin'], ['--sched', 'plateau'],  # timm's names: checked before the data is read
+    ['--img-size-schedule', '16:0', '24:0.2'],  # 24 px would start after the only epoch
 ])
 def test_bad_option_is_one_line_error_naming_it(option, tiny_data, tmp_path, capsys):
     argv = [*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path / 'runs'), '--name', 'x',
@@ -377,3 +381,152 @@ def test_bf16_mixed_precision_trains_on_cpu(tiny_data, tmp_path):
         assert np.isfinite(row['train_loss']) and 0 <= row['val_top1'] <= 100
     assert all(torch.isfinite(w).all() for w in weights['bf16'].values())
     assert any(not torch.equal(weights['fp32'][k], weights['bf16'][k]) for k in weights['fp32'])
+
+
+# ------------------------------------------------------------------------------------------------ review fixes
+def test_misspelled_opt_and_sched_name_close_matches(tiny_data, tmp_path, capsys):
+    base = [*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path / 'runs')]
+    assert run_cli(train_main, [*base, '--opt', 'adamm']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: --opt adamm is not a timm optimizer: did you mean adam') and '\n' not in err
+    assert run_cli(train_main, [*base, '--sched', 'cosin']) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'did you mean cosine?' in err and 'pick one of cosine, ' in err and 'Traceback' not in err
+
+
+@pytest.mark.parametrize('items, epochs, starts', [
+    (['20:0', '24:0.5', '32:0.55'], 4, '20 px at epoch 1, 24 px at epoch 3, 32 px at epoch 3: 24 px would never'),
+    (['20:0', '32:0.96'], 10, '20 px at epoch 1, 32 px at epoch 11: 32 px would never'),
+])
+def test_size_schedule_stages_that_round_away_are_rejected(items, epochs, starts, tmp_path, capsys):
+    """Start fractions are rounded to epochs: a stage that would get no epoch is an error naming every start."""
+    with pytest.raises(ValueError, match=starts):
+        check_stage_epochs(parse_size_schedule(items), epochs)
+    check_stage_epochs(parse_size_schedule(['20:0', '32:0.6']), 50)  # the campaign's schedule: epochs 1 and 31
+    argv = ['--data', 'cifar10', '--data-dir', str(tmp_path / 'nothing'), '--img-size-schedule', *items,
+            '--epochs', str(epochs), '--output', str(tmp_path / 'runs'), '--no-progress']
+    assert run_cli(train_main, argv) == 2  # before any data is looked for
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: --img-size-schedule ') and starts in err and '\n' not in err
+
+
+def _fake_run(folder: Path, argv) -> Path:
+    """A run folder as train.py leaves it, without training: args.json of ``argv`` and a checkpoint folder."""
+    args = vars(build_train_parser().parse_args(argv))
+    (folder / 'checkpoints' / 'step_00000010_e0000b000010').mkdir(parents=True)
+    (folder / 'args.json').write_text(json.dumps(args, indent=2))
+    return folder
+
+
+def test_resume_applies_every_given_override_and_refuses_fixed_options(tmp_path):
+    # the campaign run's recipe (scripts/campaign.sh start)
+    run = _fake_run(tmp_path / 'run', [
+        '--model', 'flexnet16', '--data', 'cifar10', '--data-dir', '/elsewhere', '--img-size', '16', '--epochs', '60',
+        '--alias-free', '0.1', '--alias-free-mask', '--alias-free-init', '--batch-augment', '--channels-last',
+        '--ema', '--ema-decay', '0.9995', '--ema-warmup', '--smoothing', '0.1', '--track-test',
+        '--checkpoint-every', '400', '--keep-checkpoints', '2', '--output', '.', '--name', 'run', '--no-progress',
+        '--workers', '8', '--stop-after-steps', '99'])
+    saved = json.loads((run / 'args.json').read_text())
+    defaults = vars(build_train_parser().parse_args([]))
+    # the campaign's resume and its GPU chunk: as before, the run's options plus the data folder (and workers)
+    for extra, workers in (([], 8), (['--workers', '8'], 8)):
+        resumed = vars(resolve_train_args(['--resume', str(run), '--data-dir', str(tmp_path), '--ema-warmup',
+                                           '--no-progress', *extra]))
+        assert resumed == {**defaults, **saved, 'data_dir': str(tmp_path), 'ema_warmup': True, 'progress': False,
+                           'workers': workers, 'resume': str(run), 'stop_after_steps': None}
+    # a value equal to train.py's default is still an override, and on/off options switch off again
+    resumed = resolve_train_args(['--resume', str(run), '--workers', '0', '--checkpoint-every', '500',
+                                  '--no-track-test', '--no-channels-last', '--no-ema-warmup', '--progress',
+                                  '--stop-after-steps', '12'])
+    assert (resumed.workers, resumed.checkpoint_every, resumed.track_test, resumed.channels_last,
+            resumed.ema_warmup, resumed.progress, resumed.stop_after_steps) == (0, 500, False, False, False, True, 12)
+    # the run's own value is no change; another one would have been ignored: an error that names it
+    assert resolve_train_args(['--resume', str(run), '--epochs', '60', '--lr', '0.01']).epochs == 60
+    with pytest.raises(UserError) as e:
+        resolve_train_args(['--resume', str(run), '--epochs', '80', '--lr', '0.001', '--workers', '2'])
+    msg = str(e.value)
+    assert msg.startswith('--epochs, --lr cannot change when resuming') and '--data-dir, ' in msg
+    assert '--workers' in msg
+    assert '--[no-]track-test' in msg and 'start a new run' in msg
+
+
+def test_resume_of_a_run_without_checkpoint_says_what_to_do(tiny_data, tmp_path, capsys):
+    """A run killed before its first checkpoint: neither the same command nor --resume can continue it, and both
+    say so (the first used to send to --resume, which then said 'not a run folder')."""
+    command = [*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'early']
+    (tmp_path / 'early').mkdir()
+    (tmp_path / 'early' / 'args.json').write_text(json.dumps(vars(build_train_parser().parse_args(command))))
+    assert run_cli(train_main, command) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'has no checkpoint yet' in err and 'delete or rename it' in err and '--resume' not in err
+    assert run_cli(train_main, ['--resume', str(tmp_path / 'early')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'early'} has no checkpoint yet") and 'delete or rename' in err
+    assert 'not a run folder' not in err and '\n' not in err
+
+
+def test_resume_with_another_number_of_processes_is_refused(tiny_data, tmp_path, capsys):
+    train_main([*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'two',
+                '--stop-after-steps', '1'])
+    info_file = tmp_path / 'two' / 'run_info.json'
+    info_file.write_text(json.dumps(dict(json.loads(info_file.read_text()), num_processes=2)))  # as if torchrun x2
+    before = _snapshot(tmp_path)
+    assert run_cli(train_main, ['--resume', str(tmp_path / 'two'), '--no-progress']) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'trained with 2 process(es)' in err and 'this launch has 1' in err and '--num_processes 2' in err
+    assert _snapshot(tmp_path) == before
+
+
+def test_damaged_newest_checkpoint_is_set_aside(tiny_data, tmp_path, capsys):
+    """A damaged checkpoint newer than the one restored is renamed to damaged-<name>: left as the newest step_*
+    name, pruning with --keep-checkpoints 1 would delete every fresh checkpoint right after writing it."""
+    train_main([*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'run',
+                '--stop-after-steps', '2'])
+    ckpts = tmp_path / 'run' / 'checkpoints'
+    (intact,) = ckpts.iterdir()
+    bad = ckpts / 'step_00000099_e0009b000000'  # e.g. a copy from another machine that broke off
+    bad.mkdir()
+    (bad / 'model.safetensors').write_bytes(b'\x00' * 10)
+    capsys.readouterr()
+    out = train_main(['--resume', str(tmp_path / 'run'), '--keep-checkpoints', '1', '--stop-after-steps', '4',
+                      '--checkpoint-every', '0'])
+    assert out['global_step'] == 4
+    assert intact.name.startswith('step_00000002')
+    assert sorted(p.name for p in ckpts.iterdir()) == [f'damaged-{bad.name}', 'step_00000004_e0000b000004']
+    log = capsys.readouterr().out
+    assert 'after step 2' in log and f'renamed the damaged checkpoint {bad} to damaged-{bad.name}' in log
+
+
+def test_stop_and_checkpoint_on_the_same_step_save_once(tiny_data, tmp_path, monkeypatch):
+    import flexconv_zoo.training as training
+    saved = []
+    real = training.save_training_state
+    monkeypatch.setattr(training, 'save_training_state',
+                        lambda acc, run_dir, name, *a, **k: saved.append(name) or real(acc, run_dir, name, *a, **k))
+    train_main([*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'run',
+                '--checkpoint-every', '2', '--stop-after-steps', '4'])
+    assert saved == ['step_00000002_e0000b000002', 'step_00000004_e0000b000004']  # step 4 once, not twice
+
+
+@pytest.fixture(scope='module')
+def tiny_cifar(tmp_path_factory) -> Path:
+    """3 classes x 12 train / 4 test images in the CIFAR-10 tarball layout (the --batch-augment input path)."""
+    return write_cifar_tarball(tmp_path_factory.mktemp('cifar'))
+
+
+def test_batch_augment_with_grad_accum_steps_at_every_epoch_end_and_resumes_exactly(tiny_cifar, tmp_path,
+                                                                                     monkeypatch):
+    """--batch-augment tells Accelerate where an epoch ends: 28 images / batch 8 = 4 batches, accumulated in 3s, is
+    2 optimizer steps an epoch (the last one partial), as with a DataLoader, and no gradient is pending at an
+    epoch's checkpoint, so a resume gives the uninterrupted run's weights."""
+    monkeypatch.setenv('FLEXCONV_ZOO_CACHE', str(tmp_path / 'cache'))
+    common = ['--model', 'flexnet8', '--model-kwargs', 'widths=8,8', 'kernel_hidden=8', '--img-size', '8',
+              '--batch-size', '8', '--val-size', '8', '--no-progress', '--data', 'cifar10', '--data-dir',
+              str(tiny_cifar), '--batch-augment', '--grad-accum', '3', '--epochs', '2', '--output', str(tmp_path)]
+    full = train_main([*common, '--name', 'full'])
+    assert full['global_step'] == 4
+    assert [r['step'] for r in json.loads((tmp_path / 'full' / 'metrics.json').read_text())] == [2, 4]
+    assert train_main([*common, '--name', 'part', '--stop-after-steps', '3'])['stopped']  # inside epoch 2
+    assert train_main(['--resume', str(tmp_path / 'part')])['global_step'] == 4
+    assert _max_diff(_weights(tmp_path / 'full' / 'model.safetensors'),
+                     _weights(tmp_path / 'part' / 'model.safetensors')) <= 1e-6

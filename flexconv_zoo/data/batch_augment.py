@@ -65,8 +65,10 @@ class InMemoryBatches:
     """Training batches drawn from uint8 images held in memory, augmented a whole batch at a time.
 
     The order of an epoch is a permutation seeded by ``(seed, epoch)``; with ``num_processes > 1`` process ``rank``
-    takes batches ``rank, rank + n, ...`` (Accelerate's sharding of a prepared DataLoader). ``batches(epoch, start)``
-    starts at batch ``start`` without drawing the skipped ones.
+    takes batches ``rank, rank + n, ...`` (Accelerate's sharding of a prepared DataLoader). Every process gets the
+    same number of batches, ``ceil(batches / n)``: the missing ones continue from the start of the epoch's
+    permutation (Accelerate's ``even_batches``), so collectives pair up and every process plans the same
+    learning-rate schedule. ``batches(epoch, start)`` starts at batch ``start`` without drawing the skipped ones.
 
     Args:
         images: ``(N, H, W, C)`` uint8 array (the layout of the data sets' ``ArrayDataset``).
@@ -87,17 +89,24 @@ class InMemoryBatches:
 
     def __len__(self) -> int:
         """Batches per process and epoch."""
-        total = -(-len(self.targets) // self.batch_size)
-        return -(-(total - self.rank) // self.num_processes)
+        return -(-self._global_batches() // self.num_processes)
+
+    def _global_batches(self) -> int:
+        return -(-len(self.targets) // self.batch_size)
 
     def set_size(self, size) -> None:
         self.augment.size = (int(size), int(size)) if isinstance(size, int) else tuple(size)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self.targets), generator=torch.Generator().manual_seed(_seed(self.seed, epoch)))
+        total = self._global_batches()
         for i in range(start, len(self)):
             global_batch = i * self.num_processes + self.rank
-            idx = order[global_batch * self.batch_size:(global_batch + 1) * self.batch_size]
+            if global_batch < total:
+                idx = order[global_batch * self.batch_size:(global_batch + 1) * self.batch_size]
+            else:  # padding of an uneven split: wrap around the permutation (modulo: fewer images than batches)
+                first = (global_batch - total) * self.batch_size
+                idx = order[(first + torch.arange(self.batch_size)) % len(order)]
             g = torch.Generator().manual_seed(_seed(self.seed, epoch, global_batch))
             x, y = self.augment(self.images[idx], g), self.targets[idx]
             if self.device is not None:
