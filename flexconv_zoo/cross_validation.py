@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _split_argv(argv: Sequence[str]):
     argv = list(argv)
+    if '--' not in argv and {'-h', '--help'} & set(argv):
+        return argv, []  # the help needs no training options
     if '--' not in argv:
         raise UserError("give the training options after '--', e.g. -- --model flextcn4 --data japanese_vowels")
     cut = argv.index('--')

@@ -13,5 +13,14 @@ cd "$(dirname "$0")/.."
 RUN_NAME="${RUN_NAME:-demo-flexnet8-16px-$(date +%Y%m%d-%H%M%S)}"
 python scripts/train.py --model flexnet8 --data cifar10 --img-size 16 --alias-free --alias-free-init \
     --train-subset 8000 --eval-subset 2000 --epochs 2 --output runs --name "$RUN_NAME" "$@"
+# Extra options go to train.py; the data folder (--data-dir DIR or --data-dir=DIR) to validate.py as well.
+DATA_DIR=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data-dir) DATA_DIR=(--data-dir "$2"); shift ;;
+    --data-dir=*) DATA_DIR=("$1") ;;
+  esac
+  shift
+done
 python scripts/validate.py --checkpoint "runs/$RUN_NAME" --data cifar10 --split test --subset 2000 \
-    --img-size 16 24 32
+    --img-size 16 24 32 "${DATA_DIR[@]}"

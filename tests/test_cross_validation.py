@@ -133,3 +133,10 @@ def test_cross_validate_trains_every_fold_once_and_reuses_finished_ones(tmp_path
     assert '3 done, 0 to train' in capsys.readouterr().out
     assert again['pooled'] == result['pooled']
     assert stamps == {k: (parent / f'fold{k}' / 'summary.json').stat().st_mtime_ns for k in range(3)}
+
+
+def test_cross_validate_help_needs_no_training_options(capsys):
+    from flexconv_zoo.cross_validation import cross_validate_main
+    with pytest.raises(SystemExit) as exit_info:
+        cross_validate_main(['--help'])
+    assert exit_info.value.code == 0 and '--folds' in capsys.readouterr().out

@@ -365,6 +365,21 @@ def test_demo_trains_with_the_band_limited_start():
     assert '--alias-free ' in train_cmd and '--alias-free-init' in train_cmd
 
 
+@pytest.mark.parametrize('form', [['--data-dir', '/data/x'], ['--data-dir=/data/x']])
+def test_demo_gives_its_data_folder_to_both_steps(tmp_path, form):
+    """`bash scripts/demo.sh --data-dir DIR`: train.py gets every extra option, validate.py the data folder too
+    (a stand-in `python` on PATH records the two command lines)."""
+    stub = tmp_path / 'python'
+    stub.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "calls"}\n')
+    stub.chmod(0o755)
+    proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'demo.sh'), *form, '--seed', '3'], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}"))
+    assert proc.returncode == 0, proc.stderr
+    train, validate = (tmp_path / 'calls').read_text().splitlines()
+    assert train.startswith('scripts/train.py') and ' '.join(form) in train and '--seed 3' in train
+    assert validate.startswith('scripts/validate.py') and ' '.join(form) in validate and '--seed' not in validate
+
+
 @pytest.mark.slow  # two training subprocesses
 def test_bf16_mixed_precision_trains_on_cpu(tiny_data, tmp_path):
     """``--mixed-precision bf16`` (docs/PERFORMANCE.md: 1.25-1.36x on a CPU with avx512_bf16) runs the forward under
