@@ -149,6 +149,21 @@ def _selection_notes(selection: Dict[str, Any], run_args: Dict[str, Any], metric
     return sentence, limits
 
 
+def _check_same_model(model: torch.nn.Module, config_path: Path, tag: str) -> None:
+    """The card's numbers are measured on the run's own model (its config.json); the folder publishes ``tag``'s
+    model with those weights. Arguments that change the function without changing a tensor shape (the mask
+    threshold, the training grid, ...) must agree, or the published model would not be the one measured."""
+    if not config_path.is_file():
+        return
+    run_args = json.loads(config_path.read_text()).get('model_args') or {}
+    tag_args = json.loads(json.dumps(model.construction_args()))
+    differ = [f"{k}: run {run_args[k]}, {tag} {tag_args[k]}" for k in sorted(set(run_args) & set(tag_args))
+              if k not in ('num_classes', 'in_chans') and run_args[k] != tag_args[k]]
+    if differ:
+        raise UserError(f"{config_path.parent} was trained as another model than {tag} builds ({'; '.join(differ)}): "
+                        f"export it under a tag whose model matches, or add one to default_cfgs.")
+
+
 def export_run(
         run: Path,
         tag: str,
@@ -185,6 +200,7 @@ def export_run(
     model = create_model_for_tag(tag)
     load_weights(model, weights_path)
     model.eval()
+    _check_same_model(model, weights_path.parent / 'config.json', tag)
 
     # validate.py reads the exported folder that holds these weights (the run itself, or its best/ or ema/)
     shown = _shown_path(output)

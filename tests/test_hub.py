@@ -715,6 +715,19 @@ def test_card_training_cost_stops_at_the_selected_epoch_and_commands_name_the_fo
     assert _shown_path(Path('/elsewhere/x.y')) == '/elsewhere/x.y'
 
 
+def test_export_refuses_a_run_trained_as_another_model(tmp_path):
+    """Same tensor shapes, another function (mask threshold): the card would describe a model not published."""
+    from flexconv_zoo.cli import UserError
+    from flexconv_zoo.hub_export import export_run
+    tag = 'flextcn2.mnist1d'
+    run = _consistent_copy(SHIPPED[tag], tmp_path / 'run',
+                           edit_config=lambda c: c['model_args'].update(mask_threshold=0.2))
+    (run / 'args.json').write_text('{}')
+    with pytest.raises(UserError, match=r'mask_threshold: run 0\.2, flextcn2\.mnist1d 0\.1'):
+        export_run(run, tag, 'mnist1d', 'MNIST-1D', tmp_path / 'hub')
+    assert not (tmp_path / 'hub').exists()
+
+
 @pytest.mark.slow  # trains a full-size flexnet16 for two steps, then validates it three times
 def test_export_run_writes_a_validated_card_with_flip_tta_beside_it(tmp_path, monkeypatch):
     from flexconv_zoo.evaluation import validate_main
