@@ -326,6 +326,11 @@ def test_campaign_script_refuses_what_it_cannot_do(tmp_path):
     env['CAMPAIGN_RUN'] = 'flexnet16-cifar10'  # a real tag, but no weights in this (empty) run folder
     no_best = sh('export')
     assert no_best.returncode == 1 and f"no best/ weights in {tmp_path / 'local' / 'flexnet16-cifar10'}" in no_best.stderr
+    env['CAMPAIGN_RUN'] = 'flexnet16-cifar10-16px-alias-free-2'  # continues a run that was never saved here
+    no_init = sh('start')
+    init = tmp_path / 'saved' / 'flexnet16-cifar10-16px-alias-free' / 'best'
+    assert no_init.returncode == 1 and f"starts from {init}, which does not exist" in no_init.stderr
+    assert not (tmp_path / 'local' / 'flexnet16-cifar10-16px-alias-free-2').exists()
 
 
 def test_campaign_commit_commits_the_run_folder_alone(tmp_path):
@@ -372,12 +377,16 @@ def test_campaign_commit_commits_the_run_folder_alone(tmp_path):
 
 
 def test_campaign_then_starts_the_next_run_only_after_a_finished_one(tmp_path):
-    """`campaign.sh then NEXT` waits for the trainer to exit; it starts NEXT when the run finished (summary.json)
-    and not when the run was stopped. Here NEXT has no recipe, so its `start` refuses in the log: proof it ran."""
+    """`campaign.sh then NEXT` waits for the trainer to exit; when the run finished (summary.json) it saves the run
+    (NEXT may start from its weights), then starts NEXT; not when the run was stopped. Here NEXT has no recipe, so
+    its `start` refuses in the log: proof it ran."""
     script = Path(__file__).resolve().parents[1] / 'scripts' / 'campaign.sh'
     local = tmp_path / 'local'
-    (local / 'tiny').mkdir(parents=True)
-    env = dict(os.environ, CAMPAIGN_RUN='tiny', CAMPAIGN_DIR=str(local), CAMPAIGN_POLL='0.2')
+    (local / 'tiny' / 'checkpoints' / 'step_00000004_e0001b000000').mkdir(parents=True)
+    for name in ('args.json', 'run_info.json'):
+        (local / 'tiny' / name).write_text('{}')
+    env = dict(os.environ, CAMPAIGN_RUN='tiny', CAMPAIGN_DIR=str(local), CAMPAIGN_POLL='0.2',
+               CAMPAIGN_RUNS=str(tmp_path / 'saved'))
 
     def then():
         return subprocess.run(['bash', str(script), 'then', 'other'], env=env, capture_output=True, text=True,
@@ -401,5 +410,8 @@ def test_campaign_then_starts_the_next_run_only_after_a_finished_one(tmp_path):
         while expected not in (log.read_text() if log.exists() else '') and time.monotonic() < deadline:
             time.sleep(0.2)
         assert expected in log.read_text(), log.read_text()
-    assert 'tiny finished: starting other' in log.read_text()
+        # saved only once it finished
+        assert (tmp_path / 'saved' / 'tiny' / 'args.json').is_file() == finished
+    assert 'tiny finished: saving it, then starting other' in log.read_text()
+    assert (tmp_path / 'saved' / 'tiny' / 'checkpoints' / 'step_00000004_e0001b000000').is_dir()
     assert not (local / 'other').exists()  # the refused start wrote nothing
