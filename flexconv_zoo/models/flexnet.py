@@ -205,7 +205,7 @@ default_cfgs = generate_default_cfgs({
         label_names=CIFAR10_CLASSES),
     'flexnet16.cifar10_16px_alias_free': _cfg(
         **hub_weights('flexnet16.cifar10_16px_alias_free',
-                      'd30655474c4c2cdcb40ea79a389c8e23ac72994b4e1f45f493f1e7723e23d851'),
+                      'd5bfbf9cc8da9048874deb8438f6b8d0c5b5981d3177093dacf7a491175228b3'),
         label_names=CIFAR10_CLASSES, input_size=(3, 16, 16), pool_size=(16, 16), test_input_size=(3, 32, 32)),
     'flexnet12.untrained': _cfg(),
     'flexnet8.untrained': _cfg(),
