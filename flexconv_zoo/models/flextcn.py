@@ -68,26 +68,23 @@ class FlexTCNBlock(nn.Module):
 
 
 class SequenceHead(nn.Module):
-    """Pool a ``(B, C, L)`` (or ``(B, C, 1, L)``) sequence ('last' step, 'avg', or '' for none) -> dropout -> linear."""
+    """Pool a ``(B, C, L)`` (or ``(B, C, 1, L)``) sequence ('last' step, 'avg', or '' for none) -> dropout -> linear.
+
+    Without pooling the linear classifies every step: ``(B, num_classes, L)`` logits (the channel axis stays second,
+    as in the features; timm's unpooled heads classify every token the same way)."""
 
     def __init__(self, in_features: int, num_classes: int, pool_type: str = 'last', drop_rate: float = 0.0,
                  device=None, dtype=None):
         super().__init__()
         self.in_features = in_features
-        self.pool_type = self._check_pool(pool_type, num_classes)
+        self.pool_type = self._check_pool(pool_type)
         self.drop = FastDropout(drop_rate)
         self.fc = self._make_fc(num_classes, device=device, dtype=dtype)
 
     @staticmethod
-    def _check_pool(pool_type: str, num_classes: int) -> str:
+    def _check_pool(pool_type: str) -> str:
         if pool_type not in SEQUENCE_POOLS:
             raise ValueError(f"FlexTCN global_pool must be one of {SEQUENCE_POOLS}, got {pool_type!r}.")
-        if not pool_type and num_classes > 0:
-            # a Linear on an unpooled (B, C, L) sequence would mix time steps, not channels (timm's rule: no
-            # pooling only without a classifier)
-            raise ValueError(
-                f"FlexTCN global_pool='' (no pooling) needs num_classes=0 (features only), got num_classes="
-                f"{num_classes}; pool with 'last' or 'avg' to classify.")
         return pool_type
 
     def _make_fc(self, num_classes: int, device=None, dtype=None) -> nn.Module:
@@ -107,7 +104,7 @@ class SequenceHead(nn.Module):
             device=None,
             dtype=None,
     ) -> None:
-        pool_type = self._check_pool(self.pool_type if pool_type is None else pool_type, num_classes)
+        pool_type = self._check_pool(self.pool_type if pool_type is None else pool_type)
         self.pool_type = pool_type
         if in_features is not None:
             self.in_features = in_features
@@ -120,7 +117,11 @@ class SequenceHead(nn.Module):
         elif self.pool_type == 'avg':
             x = x.flatten(2).mean(-1)
         x = self.drop(x)
-        return x if pre_logits else self.fc(x)
+        if pre_logits:
+            return x
+        if x.ndim > 2:  # unpooled: the classifier acts on the channels of every step, never across time
+            return self.fc(x.flatten(2).transpose(1, 2)).transpose(1, 2)
+        return self.fc(x)
 
 
 class FlexTCN(FlexConvModelMixin, nn.Module):
@@ -130,8 +131,8 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
         widths: Width of each residual block (paper: 30 for every block).
         in_chans: Input channels (1 for raw audio, 20 for MFCC features, 3 for CharacterTrajectories).
         num_classes: Classes of the head (0 removes the classifier).
-        global_pool: 'last' (paper: classify from the last step), 'avg', or '' for no pooling (features only:
-            num_classes=0).
+        global_pool: 'last' (paper: classify from the last step), 'avg', or '' for no pooling (features, or
+            per-step logits ``(B, num_classes, L)`` with a classifier).
         seq_len: Sequence length the model trains on; the kernel grid has ``seq_len`` points.
         drop_rate: Dropout before the classifier.
         block_drop_rate: Dropout inside each block.
