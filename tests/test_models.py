@@ -128,27 +128,6 @@ def test_head_reset_and_pooling(name, x):
         assert model(x).dim() == x.dim()
 
 
-def test_flextcn_without_pooling_classifies_every_step():
-    """global_pool='' with a classifier applied the Linear over the time axis (a (B, 30, classes) tensor when
-    seq_len == 30, a matmul error otherwise). Now it classifies the channels of every step: (B, classes, L) logits
-    whose last step is what 'last' pooling gives; timm's reset_classifier(0, '') then reset_classifier(n) works."""
-    torch.manual_seed(0)
-    model = timm.create_model('flextcn2', seq_len=30, num_classes=5, global_pool='').eval()
-    fc = model.head.fc
-    x = torch.randn(2, 1, 37)  # not seq_len: the classifier must not depend on the length
-    with torch.no_grad():
-        per_step = model(x)
-        assert per_step.shape == (2, 5, 37)
-        model.reset_classifier(0, '')
-        assert model(x).shape == (2, 30, 37)  # features, per step
-        model.reset_classifier(5)  # keeps pool '' (timm's test_models does this)
-        model.head.fc = fc
-        torch.testing.assert_close(model(x), per_step)
-        model.reset_classifier(5, 'last')
-        model.head.fc = fc
-        torch.testing.assert_close(model(x), per_step[..., -1])
-
-
 @pytest.mark.parametrize('name,x', [('flexnet8', torch.randn(2, 3, 12, 12)), ('flextcn2', torch.randn(2, 1, 40))])
 def test_grad_checkpointing_gives_identical_outputs_and_gradients(name, x):
     grads = []

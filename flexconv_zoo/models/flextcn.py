@@ -68,10 +68,7 @@ class FlexTCNBlock(nn.Module):
 
 
 class SequenceHead(nn.Module):
-    """Pool a ``(B, C, L)`` (or ``(B, C, 1, L)``) sequence ('last' step, 'avg', or '' for none) -> dropout -> linear.
-
-    Without pooling the linear classifies every step: ``(B, num_classes, L)`` logits (the channel axis stays second,
-    as in the features; timm's unpooled heads classify every token the same way)."""
+    """Pool a ``(B, C, L)`` (or ``(B, C, 1, L)``) sequence ('last' step, 'avg', or '' for none) -> dropout -> linear."""
 
     def __init__(self, in_features: int, num_classes: int, pool_type: str = 'last', drop_rate: float = 0.0,
                  device=None, dtype=None):
@@ -104,8 +101,8 @@ class SequenceHead(nn.Module):
             device=None,
             dtype=None,
     ) -> None:
-        pool_type = self._check_pool(self.pool_type if pool_type is None else pool_type)
-        self.pool_type = pool_type
+        if pool_type is not None:
+            self.pool_type = self._check_pool(pool_type)
         if in_features is not None:
             self.in_features = in_features
         self.fc = self._make_fc(num_classes, **get_device_dtype(self, device=device, dtype=dtype))
@@ -117,11 +114,7 @@ class SequenceHead(nn.Module):
         elif self.pool_type == 'avg':
             x = x.flatten(2).mean(-1)
         x = self.drop(x)
-        if pre_logits:
-            return x
-        if x.ndim > 2:  # unpooled: the classifier acts on the channels of every step, never across time
-            return self.fc(x.flatten(2).transpose(1, 2)).transpose(1, 2)
-        return self.fc(x)
+        return x if pre_logits else self.fc(x)
 
 
 class FlexTCN(FlexConvModelMixin, nn.Module):
@@ -131,8 +124,7 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
         widths: Width of each residual block (paper: 30 for every block).
         in_chans: Input channels (1 for raw audio, 20 for MFCC features, 3 for CharacterTrajectories).
         num_classes: Classes of the head (0 removes the classifier).
-        global_pool: 'last' (paper: classify from the last step), 'avg', or '' for no pooling (features, or
-            per-step logits ``(B, num_classes, L)`` with a classifier).
+        global_pool: 'last' (paper: classify from the last step), 'avg', or '' for no pooling.
         seq_len: Sequence length the model trains on; the kernel grid has ``seq_len`` points.
         drop_rate: Dropout before the classifier.
         block_drop_rate: Dropout inside each block.
