@@ -128,6 +128,26 @@ def test_head_reset_and_pooling(name, x):
         assert model(x).dim() == x.dim()
 
 
+def test_flextcn_unpooled_classifier_gives_per_step_logits():
+    """global_pool='' with a classifier classifies every step (channels, never across time): the last step's
+    logits are those of the paper's 'last' pooling, and torch.fx traces the head without a data-dependent branch."""
+    pooled = timm.create_model('flextcn2', num_classes=5, seq_len=40).eval()
+    unpooled = timm.create_model('flextcn2', num_classes=5, seq_len=40, global_pool='').eval()
+    unpooled.load_state_dict(pooled.state_dict())
+    x = torch.randn(2, 1, 40)
+    with torch.no_grad():
+        steps = unpooled(x)
+        assert steps.shape == (2, 5, 40)
+        torch.testing.assert_close(steps[..., -1], pooled(x))
+        assert unpooled(x.unsqueeze(2)).shape == (2, 5, 1, 40)
+        traced = torch.fx.symbolic_trace(unpooled.head, concrete_args={'pre_logits': False})
+        torch.testing.assert_close(traced(unpooled.forward_features(x)), steps)
+        # timm's reset sequence: no classifier and no pooling, then a classifier again (the pooling stays '')
+        pooled.reset_classifier(0, '')
+        pooled.reset_classifier(3)
+        assert pooled(x).shape == (2, 3, 40)
+
+
 @pytest.mark.parametrize('name,x', [('flexnet8', torch.randn(2, 3, 12, 12)), ('flextcn2', torch.randn(2, 1, 40))])
 def test_grad_checkpointing_gives_identical_outputs_and_gradients(name, x):
     grads = []

@@ -68,7 +68,10 @@ class FlexTCNBlock(nn.Module):
 
 
 class SequenceHead(nn.Module):
-    """Pool a ``(B, C, L)`` (or ``(B, C, 1, L)``) sequence ('last' step, 'avg', or '' for none) -> dropout -> linear."""
+    """Pool a ``(B, C, L)`` (or ``(B, C, 1, L)``) sequence ('last' step, 'avg', or '' for none) -> dropout -> linear.
+
+    The linear acts on the channel axis: without pooling it classifies every step, ``(B, num_classes, L)``
+    (or ``(B, num_classes, 1, L)``), and never mixes time steps."""
 
     def __init__(self, in_features: int, num_classes: int, pool_type: str = 'last', drop_rate: float = 0.0,
                  device=None, dtype=None):
@@ -114,7 +117,11 @@ class SequenceHead(nn.Module):
         elif self.pool_type == 'avg':
             x = x.flatten(2).mean(-1)
         x = self.drop(x)
-        return x if pre_logits else self.fc(x)
+        if pre_logits:
+            return x
+        # Channels to the last axis and back: a no-op for pooled (B, C) features, per-step logits without pooling.
+        # Unconditional, so that torch.fx traces one graph for every pool type.
+        return self.fc(x.movedim(1, -1)).movedim(-1, 1)
 
 
 class FlexTCN(FlexConvModelMixin, nn.Module):
@@ -124,7 +131,8 @@ class FlexTCN(FlexConvModelMixin, nn.Module):
         widths: Width of each residual block (paper: 30 for every block).
         in_chans: Input channels (1 for raw audio, 20 for MFCC features, 3 for CharacterTrajectories).
         num_classes: Classes of the head (0 removes the classifier).
-        global_pool: 'last' (paper: classify from the last step), 'avg', or '' for no pooling.
+        global_pool: 'last' (paper: classify from the last step), 'avg', or '' for no pooling (features, or
+            per-step logits ``(B, num_classes, L)`` with a classifier).
         seq_len: Sequence length the model trains on; the kernel grid has ``seq_len`` points.
         drop_rate: Dropout before the classifier.
         block_drop_rate: Dropout inside each block.
