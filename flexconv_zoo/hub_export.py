@@ -14,7 +14,7 @@ import torch
 
 from .cli import UserError
 from .hub_folder import HubFolderError, create_model_for_tag, validate_hub_folder, write_hub_folder
-from .loading import PretrainedWeightsError
+from .loading import PretrainedWeightsError, differing_model_args
 from .model_card import CardInfo, EvalRow
 
 __all__ = ['UploadError', 'export_run', 'convert_original', 'push_hub_folder']
@@ -156,9 +156,9 @@ def _check_same_model(model: torch.nn.Module, config_path: Path, tag: str) -> No
     if not config_path.is_file():
         return
     run_args = json.loads(config_path.read_text()).get('model_args') or {}
-    tag_args = json.loads(json.dumps(model.construction_args()))
-    differ = [f"{k}: run {run_args[k]}, {tag} {tag_args[k]}" for k in sorted(set(run_args) & set(tag_args))
-              if k not in ('num_classes', 'in_chans') and run_args[k] != tag_args[k]]
+    tag_args = model.construction_args()
+    shared = sorted((set(run_args) & set(tag_args)) - {'num_classes', 'in_chans'})
+    differ = [f"{k}: run {saved}, {tag} {built}" for k, saved, built in differing_model_args(run_args, tag_args, shared)]
     if differ:
         raise UserError(f"{config_path.parent} was trained as another model than {tag} builds ({'; '.join(differ)}): "
                         f"export it under a tag whose model matches, or add one to default_cfgs.")

@@ -27,7 +27,7 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -256,6 +256,14 @@ def _norm(key: str, value: Any) -> Any:
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
+def differing_model_args(saved: Mapping[str, Any], built: Mapping[str, Any],
+                         keys: Iterable[str]) -> List[Tuple[str, Any, Any]]:
+    """``(key, saved value, built value)`` for each of ``keys`` that both mappings have and disagree on, up to
+    form: a list equals a tuple (JSON has no tuples) and ``img_size=32`` equals ``(32, 32)``."""
+    return [(key, saved[key], built[key]) for key in keys
+            if key in saved and key in built and _norm(key, saved[key]) != _norm(key, built[key])]
+
+
 def check_config(config: Mapping[str, Any], config_path: Path, cfg: Mapping[str, Any], variant: str,
                  model_kwargs: Mapping[str, Any], shapes: Optional[Mapping[str, Tuple[int, ...]]]) -> None:
     """Refuse weights whose config.json disagrees with itself, the model being built, or the tensors.
@@ -286,9 +294,9 @@ def check_config(config: Mapping[str, Any], config_path: Path, cfg: Mapping[str,
                                'pretrained_cfg input_size[1:]': tuple(input_size[1:])})
         if 'seq_len' in model_args:
             agree('seq_len', {'model_args': model_args['seq_len'], 'pretrained_cfg input_size[-1]': input_size[-1]})
-    for key in _DEFINING_ARGS:
-        if key in model_args and model_kwargs.get(key) is not None:
-            agree(key, {'model_args': _norm(key, model_args[key]), 'model': _norm(key, model_kwargs[key])})
+    given = {k: v for k, v in model_kwargs.items() if v is not None}  # None: the model's default
+    for key, saved, built in differing_model_args(model_args, given, _DEFINING_ARGS):
+        problems.append(f"{key}: model_args {_norm(key, saved)}, model {_norm(key, built)}")
     agree('sha256', {'config.json pretrained_cfg notes': weights_sha256(saved_cfg),
                      'pretrained cfg notes': weights_sha256(cfg)})
     if problems:

@@ -391,6 +391,17 @@ def test_inconsistent_config_names_the_fields(small_folder, tmp_path, field):
         assert phrase in msg, (phrase, msg)
 
 
+def test_model_arguments_that_change_the_function_must_match_the_weights(small_folder):
+    """Same tensor shapes, another function: a mask threshold other than the config's is refused, while the same
+    value in another form (img_size 32 for (32, 32)) loads."""
+    weights = str(small_folder[1] / 'model.safetensors')
+    msg = _quick_error(lambda: timm.create_model('flexnet8', pretrained=True, mask_threshold=0.2,
+                                                 pretrained_cfg_overlay=dict(file=weights)))
+    assert 'mask_threshold: model_args 0.1, model 0.2' in msg, msg
+    model = timm.create_model('flexnet8', pretrained=True, img_size=32, pretrained_cfg_overlay=dict(file=weights))
+    torch.testing.assert_close(model.state_dict(), small_folder[0].state_dict())
+
+
 def test_malformed_config_names_the_file(small_folder, tmp_path):
     copy = _copy(small_folder[1], tmp_path / 'malformed')
     (copy / 'config.json').write_text('{"architecture": "flexnet8", "num_classes": 10,,}')
