@@ -178,29 +178,48 @@ def fetch_hub_file(repo_id: str, filename: str = WEIGHTS_NAME, cache_dir: Option
     answers (huggingface_hub alone retries for up to minutes before it looks at its cache); if it does,
     ``hf_hub_download`` fetches or reuses the cached file, otherwise the cache is used as it is.
     """
+    return _fetch(repo_id, filename, cache_dir, name)[0]
+
+
+def _fetch(repo_id: str, filename: str, cache_dir: Optional[Union[str, Path]], name: str = '',
+           hub_answers: Optional[bool] = None) -> Tuple[Path, bool]:
+    """:func:`fetch_hub_file`, and whether the Hub answered. ``hub_answers`` (what an earlier file of the same
+    repo found) skips the probe: the companions of a weight file cost no second wait on a Hub that hangs."""
     import timm
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     model_id, _, revision = repo_id.partition('@')
     revision = revision or None
-    try:
-        get_hf_file_metadata(hf_hub_url(model_id, filename, revision=revision), timeout=_timeout(),
-                             retry_on_errors=False)
-    except Exception as err:  # offline mode, no route, refused, timeout, 5xx, repo not published: try the cache
+    if hub_answers is None:
         try:
-            return Path(hf_hub_download(model_id, filename, revision=revision, cache_dir=cache_dir,
-                                        local_files_only=True))
-        except Exception:
-            raise _unavailable(repo_id, filename, err, name or repo_id) from None
+            get_hf_file_metadata(hf_hub_url(model_id, filename, revision=revision), timeout=_timeout(),
+                                 retry_on_errors=False)
+            hub_answers = True
+        except Exception as err:  # offline mode, no route, refused, timeout, 5xx, repo not published: the cache
+            return _cached(model_id, filename, revision, cache_dir, err, repo_id, name), False
+    if not hub_answers:
+        return _cached(model_id, filename, revision, cache_dir, None, repo_id, name), False
     started = time.monotonic()
     try:
         return Path(hf_hub_download(model_id, filename, revision=revision, cache_dir=cache_dir,
-                                    etag_timeout=READ_TIMEOUT, library_name='timm', library_version=timm.__version__))
-    except Exception as err:  # short body (consistency check), dropped connection, disk full
+                                    etag_timeout=READ_TIMEOUT, library_name='timm',
+                                    library_version=timm.__version__)), True
+    except Exception as err:  # short body (consistency check), dropped connection, disk full, file not in the repo
         # huggingface_hub downloads into a temporary file and moves it only when complete: nothing is cached.
         raise PretrainedWeightsError(
             f"Downloading {filename} from the Hugging Face Hub repo {repo_id!r} failed after "
             f"{time.monotonic() - started:.1f} s ({_first_line(err)}); nothing was stored in the cache. Try again, "
             f"or pass a local file with pretrained_cfg_overlay=dict(file='path/to/{filename}').") from None
+
+
+def _cached(model_id: str, filename: str, revision: Optional[str], cache_dir: Optional[Union[str, Path]],
+            err: Optional[BaseException], repo_id: str, name: str) -> Path:
+    """The file from the HF cache alone, or why neither the Hub (``err``) nor the cache has it."""
+    from huggingface_hub import hf_hub_download
+    try:
+        return Path(hf_hub_download(model_id, filename, revision=revision, cache_dir=cache_dir,
+                                    local_files_only=True))
+    except Exception as missing:
+        raise _unavailable(repo_id, filename, err or missing, name or repo_id) from None
 
 
 def _drop_cached(path: Path) -> None:
@@ -233,19 +252,19 @@ def resolve_weights_file(cfg: Mapping[str, Any], variant: str, cache_dir: Option
         return path, origin
     if cfg.get('hf_hub_id'):
         filename = cfg.get('hf_hub_filename') or WEIGHTS_NAME
-        path = fetch_hub_file(cfg['hf_hub_id'], filename, cache_dir, _cfg_name(cfg, variant))
-        _fetch_companions(cfg['hf_hub_id'], path, cache_dir)
+        path, hub_answers = _fetch(cfg['hf_hub_id'], filename, cache_dir, _cfg_name(cfg, variant))
+        _fetch_companions(cfg['hf_hub_id'], path, cache_dir, hub_answers)
         return path, _HUB_ORIGIN + cfg['hf_hub_id']
     return None
 
 
-def _fetch_companions(repo_id: str, weights: Path, cache_dir: Optional[Union[str, Path]]) -> None:
+def _fetch_companions(repo_id: str, weights: Path, cache_dir: Optional[Union[str, Path]], hub_answers: bool) -> None:
     """Put the repo's config.json and reference logits beside its weights in the cache (the checks read them
     there), when the Hub or the cache has them; a repo without them loads with the checks it can have."""
     for name in (CONFIG_NAME, REFERENCE_NAME):
         if not (weights.parent / name).is_file():
             try:
-                fetch_hub_file(repo_id, name, cache_dir)
+                _fetch(repo_id, name, cache_dir, hub_answers=hub_answers)
             except PretrainedWeightsError:  # not published in this repo, or neither Hub nor cache has it
                 pass
 

@@ -235,6 +235,16 @@ def test_local_hub_server_every_tag_and_every_failure(tmp_path):
     loads['warm_hang'] = dict(name=FIRST, reference=_ref(), repo=f'flexconv-zoo/{FIRST}',
                               behaviour={f'flexconv-zoo/{FIRST}': 'hang'},
                               kwargs=dict(pretrained_cfg_overlay=_hub_overlay()))
+    # The same, with only the weights in the cache: the companions add no second wait for the hanging Hub.
+    sys.path.insert(0, str(REPO / 'tests'))
+    from hub_server import populate_cache
+    weights_only = _copy(SHIPPED[FIRST], tmp_path / 'weights_only')
+    for f in weights_only.iterdir():
+        if f.name != 'model.safetensors':
+            f.unlink()
+    populate_cache(tmp_path / 'weights_only_cache', {f'flexconv-zoo/{FIRST}': str(weights_only)})
+    loads['warm_hang_weights_only'] = dict(name=FIRST, reference=_ref(), repo=f'flexconv-zoo/{FIRST}', kwargs=dict(
+        pretrained_cfg_overlay=_hub_overlay(), cache_dir=str(tmp_path / 'weights_only_cache')))
     spec = dict(cache=str(tmp_path / 'cache'), repos=repos, loads=loads,
                 behaviour={'flexconv-zoo/err500': '500', 'flexconv-zoo/hang': 'hang', 'flexconv-zoo/cut': 'cut'})
     out = _run_scenario('server', spec, tmp_path, env=dict(HF_HUB_CACHE=str(tmp_path / 'cache')))
@@ -244,6 +254,10 @@ def test_local_hub_server_every_tag_and_every_failure(tmp_path):
         # the checks' companions came with the weights
         assert {f.rsplit('/', 1)[-1] for f in out[tag]['cache'] if f.startswith('snapshots/')} == {
             'model.safetensors', 'config.json', 'reference_logits.safetensors'}, out[tag]['cache']
+        # the weights' probe said the Hub answers: each companion costs one HEAD (huggingface_hub's) and one GET
+        for companion in ('config.json', 'reference_logits.safetensors'):
+            asked = [r.split()[0] for r in out[tag]['requests'] if r.endswith('/' + companion)]
+            assert asked == ['HEAD', 'GET'], (tag, companion, out[tag]['requests'])
     _assert_loaded(out['hf_hub_form'])
     _assert_fails(out['err500'], 'WeightsUnavailableError', NO_SLEEP, "'flexconv-zoo/err500'", '500')
     assert len(out['err500']['requests']) == 1, out['err500']['requests']  # no retry of a server error
@@ -262,9 +276,10 @@ def test_local_hub_server_every_tag_and_every_failure(tmp_path):
         out['flipped']['cache']
     _assert_fails(out['badconfig'], 'PretrainedWeightsError', NO_SLEEP, 'config.json', 'num_classes',
                   'config.json 100')
-    for label in ('warm_500', 'warm_hang'):  # one request that fails, then the cache, without a retry
+    for label in ('warm_500', 'warm_hang', 'warm_hang_weights_only'):  # one failing request, then the cache
         _assert_loaded(out[label], no_sleep=True)
         assert len(out[label]['requests']) == 1, (label, out[label]['requests'])
+    assert out['warm_hang_weights_only']['seconds'] < 2 * READ_TIMEOUT  # one wait, not one per file
     assert out['requests'] > len(SHIPPED)
 
 
