@@ -365,9 +365,23 @@ def test_cache_follows_set_input_size_and_dtype():
     torch.testing.assert_close(out64.float(), small, atol=1e-4, rtol=1e-4)
 
 
+def test_autocast_samples_the_kernel_in_float32():
+    """Under bf16 autocast the kernel net and mask run in float32 (a bf16 kernel net on a 16,000-point grid was
+    2 % off); the convolution then rounds the kernel once, as autocast does with any conv weight."""
+    torch.manual_seed(0)
+    conv = FlexConv1d(1, 1, kernel_size=16000, mask_init_sigma=5.0)
+    with torch.no_grad():
+        kernel = conv.compute_kernel()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            under_autocast = conv.compute_kernel()
+            y = conv(torch.randn(1, 1, 200))
+    assert under_autocast.dtype == torch.float32 and torch.equal(under_autocast, kernel)
+    assert y.dtype == torch.bfloat16
+
+
 def test_cache_keeps_autocast_kernels_apart():
-    """A kernel computed under bf16 autocast (kernel net in bf16) was reused by the next float32 forward (1e-3
-    off): the autocast state is part of the key, both ways."""
+    """A kernel computed under bf16 autocast (then with the kernel net in bf16) was reused by the next float32
+    forward (1e-3 off): the autocast state is part of the key, both ways."""
     model = _tiny_flexnet().eval()
     model.set_mask_width(0.3)
     x = torch.randn(2, 3, 16, 16)

@@ -35,6 +35,7 @@ The crop is a shape, so deciding it reads the mask parameters on the host. ``cro
 The alias-free regulariser (:meth:`FlexConvNd.frequency_penalty`, :meth:`FlexConvNd.band_limit_`) is
 :mod:`.alias_free`'s.
 """
+from contextlib import nullcontext
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
@@ -45,7 +46,7 @@ from .config import FlexConvConfig
 from .crop import CROP_MODES, LaggedCrop, resolve_crop_mode
 from .dftconv import conv_dft_matmul
 from .fftconv import CONV_METHODS, conv_direct_untrimmed, conv_nd
-from .kernel_cache import KernelCache
+from .kernel_cache import KernelCache, autocast_state
 from .kernelnet import create_kernel_net
 from .mask import GaussianMask
 from .resolution import MIN_INPUT_SIZE, check_size, grid_size_for_input, sampling_rate_scale, to_tuple
@@ -208,17 +209,19 @@ class FlexConvNd(nn.Module):
                 indicator, overflow = self.mask.indicator(grid, start, length)
         # bfloat16 (8 significant bits) turns a 16000-point grid into 1780 distinct positions: half-precision
         # layers sample their kernel in float32 (float32 copies of the kernel net's parameters, gradients flow
-        # back to them) and round the kernel once
+        # back to them) and round the kernel once; under autocast the kernel net and mask run in float32 too
+        # (a bf16 kernel net was up to 2 % off) and the convolution rounds the kernel once, as it does any weight
         low = ref.dtype in (torch.float16, torch.bfloat16)
         positions = self._kernel_cache.positions(grid, start, length, ref.device,
                                                  torch.float32 if low else ref.dtype)
-        if low:
-            params = {name: p.float() for name, p in self.kernel_net.named_parameters()}
-            values = torch.func.functional_call(self.kernel_net, params, (positions,))
-        else:
-            values = self.kernel_net(positions)  # (P, out * in)
+        with torch.autocast(ref.device.type, enabled=False) if autocast_state(ref.device)[1] else nullcontext():
+            if low:
+                params = {name: p.float() for name, p in self.kernel_net.named_parameters()}
+                values = torch.func.functional_call(self.kernel_net, params, (positions,))
+            else:
+                values = self.kernel_net(positions)  # (P, out * in)
+            mask = self.mask(positions).reshape(*length)
         weight = values.t().reshape(self.out_channels, self.in_channels, *length)
-        mask = self.mask(positions).reshape(*length)
         if indicator is not None:
             mask = mask * indicator
         scale = sampling_rate_scale(self.source_grid, grid)

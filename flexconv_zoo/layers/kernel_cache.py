@@ -5,10 +5,10 @@ import torch
 
 from .resolution import grid_positions
 
-__all__ = ['KernelCache']
+__all__ = ['KernelCache', 'autocast_state']
 
 
-def _autocast_state(device: torch.device) -> Tuple[str, bool, Optional[torch.dtype]]:
+def autocast_state(device: torch.device) -> Tuple[str, bool, Optional[torch.dtype]]:
     """Whether autocast is on for ``device``'s type, and to which dtype."""
     kind = device.type
     if kind == 'meta' or not torch.amp.is_autocast_available(kind):
@@ -44,8 +44,9 @@ class KernelCache:
             compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The cached kernel, or ``compute()`` when the key has changed."""
         params = tuple((p.device, p.dtype, p.data_ptr(), p._version) for p in params)
-        # a kernel computed under autocast is a low-precision kernel: never reuse it outside (or vice versa)
-        autocast = frozenset(_autocast_state(device) for device, *_ in params)
+        # kernels computed under autocast stay apart from the others (they once were bf16 kernels): a cached
+        # kernel never depends on the autocast state it was made in
+        autocast = frozenset(autocast_state(device) for device, *_ in params)
         key = grid, source_grid, torch.is_inference_mode_enabled(), autocast, params
         if self.kernel is None or self.key != key:
             self.kernel = compute()
