@@ -205,7 +205,7 @@ default_cfgs = generate_default_cfgs({
         label_names=CIFAR10_CLASSES),
     'flexnet16.cifar10_16px_alias_free': _cfg(
         **hub_weights('flexnet16.cifar10_16px_alias_free',
-                      'd5bfbf9cc8da9048874deb8438f6b8d0c5b5981d3177093dacf7a491175228b3'),
+                      '5226a7c250390b2aac3890cd1f949a5d7e26ce35cb613a92e9aed1ec1d4977b8'),
         label_names=CIFAR10_CLASSES, input_size=(3, 16, 16), pool_size=(16, 16), test_input_size=(3, 32, 32)),
     'flexnet12.untrained': _cfg(),
     'flexnet8.untrained': _cfg(),
