@@ -135,7 +135,7 @@ case "${1:-start}" in
     [ -n "$newest" ] || { echo "no checkpoint in $DIR/$RUN" >&2; exit 1; }
     rm -rf "$SAVED.tmp" && mkdir -p "$SAVED.tmp/checkpoints"
     cp "$DIR/$RUN"/{args.json,run_info.json} "$SAVED.tmp/"
-    cp "$DIR/$RUN"/metrics.{csv,json} "$SAVED.tmp/" 2>/dev/null || true
+    cp "$DIR/$RUN"/{metrics.csv,metrics.json,summary.json} "$SAVED.tmp/" 2>/dev/null || true  # summary: finished runs
     cp -r "$newest" "$SAVED.tmp/checkpoints/"
     [ -d "$DIR/$RUN/best" ] && cp -r "$DIR/$RUN/best" "$SAVED.tmp/"
     rm -rf "$SAVED" && mv "$SAVED.tmp" "$SAVED"
