@@ -112,14 +112,20 @@ def _frequency_bound(layer: FlexConvNd) -> float:
         return float(net.layer_frequencies().sum() + layer.mask.max_frequency())
 
 
+def _copy_at_size(model: nn.Module, size: int) -> nn.Module:
+    """An eval copy of ``model`` resampled to ``size``, in float32 when its parameters are half precision: a
+    bfloat16 grid collapses neighbouring positions (the layers' own forward samples in float32 too)."""
+    copy_ = copy.deepcopy(model).eval()
+    if any(p.dtype in (torch.float16, torch.bfloat16) for p in copy_.parameters()):
+        copy_.float()
+    copy_.set_input_size(size)
+    return copy_
+
+
 def layer_stats(model: nn.Module, sizes: Sequence[int]) -> Dict[int, List[LayerStats]]:
     """Per resolution in ``sizes``, the :class:`LayerStats` of every FlexConv layer (``model`` is not changed)."""
     flexconv_layers(model)
-    at_size = {}
-    for size in sizes:
-        copy_ = copy.deepcopy(model).eval()
-        copy_.set_input_size(size)
-        at_size[size] = flexconv_layers(copy_)
+    at_size = {size: flexconv_layers(_copy_at_size(model, size)) for size in sizes}
     finest = max(min(layer.grid) for layers in at_size.values() for _, layer in layers)
     points = 2 * (finest - 1) + 1  # twice as dense as the finest grid: its Nyquist limit is well inside
     out: Dict[int, List[LayerStats]] = {size: [] for size in sizes}
@@ -369,10 +375,7 @@ def inspect_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     stats = layer_stats(model, sizes)
-    models = {}
-    for size in sizes:
-        models[size] = copy.deepcopy(model)
-        models[size].set_input_size(size)
+    models = {size: _copy_at_size(model, size) for size in sizes}
     files = {name: out_dir / f'{name}.png' for name in ('kernel_sizes', 'kernels', 'masks', 'frequency')}
     _plot_kernel_sizes(plt, stats, unit, title, files['kernel_sizes'])
     _plot_kernels(plt, models, chosen, unit, title, files['kernels'])

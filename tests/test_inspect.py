@@ -46,6 +46,18 @@ def _small_flexnet() -> torch.nn.Module:
     return model
 
 
+def test_half_precision_models_are_inspected_in_float32():
+    """A bfloat16 model's stats are those of its float32 copy (same rounded parameters): its own dtype would put
+    the dense analysis grid on bfloat16 positions."""
+    model = _small_flexnet().bfloat16()
+    ref = layer_stats(copy.deepcopy(model).float(), [16, 32])
+    stats = layer_stats(model, [16, 32])
+    for size in (16, 32):
+        assert [(s.kernel_size, s.energy_above_nyquist, s.frequency_bound) for s in stats[size]] == \
+            [(s.kernel_size, s.energy_above_nyquist, s.frequency_bound) for s in ref[size]]
+    assert next(model.parameters()).dtype == torch.bfloat16  # the model itself is not changed
+
+
 def test_inspect_script_on_a_weights_file(one_thread, tmp_path):
     model = _small_flexnet()
     save_file(model.state_dict(), tmp_path / 'w.safetensors')
