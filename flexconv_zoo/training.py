@@ -129,13 +129,18 @@ def _run_dir(args: argparse.Namespace, accelerator, size: Any) -> Path:
     return run_dir
 
 
+def _run_info(run_dir: Path) -> Dict[str, Any]:
+    """What a run recorded about itself (run_info.json); empty without a (readable) record."""
+    try:
+        return json.loads((run_dir / 'run_info.json').read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _check_num_processes(run_dir: Path, num_processes: int) -> None:
     """A resume must run as many processes as the run recorded: the data position (batches per process) and the
     learning-rate schedule (updates per epoch) both depend on it."""
-    try:
-        recorded = json.loads((run_dir / 'run_info.json').read_text()).get('num_processes')
-    except (OSError, ValueError):
-        return  # no (readable) record: nothing to compare with
+    recorded = _run_info(run_dir).get('num_processes')  # None: nothing to compare with
     if recorded is not None and int(recorded) != num_processes:
         raise UserError(f"--resume {run_dir}: the run was trained with {recorded} process(es) (run_info.json), this "
                         f"launch has {num_processes}; the data position and learning-rate schedule would not match. "
@@ -165,6 +170,12 @@ def _build_model(args: argparse.Namespace, splits) -> tuple:
             raise UserError(f"--img-size {size} is smaller than the 2 px {args.model} accepts.")
         input_kwargs = dict(img_size=int(size))
     init = Path(args.initial_checkpoint) if args.initial_checkpoint else None
+    recorded = _run_info(Path(args.resume)).get('model_kwargs') if args.resume and init is not None else None
+    if recorded is not None:
+        # a resumed run loads its own weights over the initial ones: only the architecture they gave matters, and
+        # run_info.json recorded it (the initial checkpoint may be elsewhere on this machine, or gone)
+        kwargs.update({k: v for k, v in recorded.items() if k not in ('num_classes', 'in_chans')})
+        init = None
     if init is not None and init.is_dir():
         if not (init / 'config.json').is_file() or weights_file(init) is None:
             raise UserError(f"{init} holds no exported weights (config.json + model.safetensors): pass a finished run "

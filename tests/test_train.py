@@ -158,6 +158,20 @@ def test_export_is_timm_hub_layout_and_fine_tunes_at_new_size(tiny_data, tmp_pat
     assert cfg24['model_args']['img_size'] == [24, 24] and cfg24['pretrained_cfg']['input_size'] == [3, 24, 24]
 
 
+def test_resume_of_a_fine_tune_needs_no_initial_checkpoint(tiny_data, tmp_path):
+    """A resumed run loads its own weights over the initial ones: it resumes (to the same weights) where the
+    --initial-checkpoint folder is gone, e.g. on another machine; run_info.json gives the architecture."""
+    train_main([*TINY, '--data', str(tiny_data), '--epochs', '1', '--output', str(tmp_path), '--name', 'base'])
+    fine_tune = [*TINY, '--initial-checkpoint', str(tmp_path / 'base'), '--data', str(tiny_data), '--epochs', '2',
+                 '--output', str(tmp_path), '--checkpoint-every', '4', '--lr', '1e-3']
+    train_main([*fine_tune, '--name', 'full'])
+    assert train_main([*fine_tune, '--name', 'part', '--stop-after-steps', '5'])['stopped']
+    (tmp_path / 'base').rename(tmp_path / 'moved')
+    train_main(['--resume', str(tmp_path / 'part'), '--no-progress'])
+    assert _max_diff(_weights(tmp_path / 'full' / 'model.safetensors'),
+                     _weights(tmp_path / 'part' / 'model.safetensors')) <= 1e-6
+
+
 def test_gradient_accumulation_and_smoothing(tiny_data, tmp_path):
     out = train_main([*TINY, '--data', str(tiny_data), '--epochs', '2', '--output', str(tmp_path), '--name', 'acc',
                       '--grad-accum', '3', '--smoothing', '0.1'])
