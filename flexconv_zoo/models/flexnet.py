@@ -205,7 +205,7 @@ default_cfgs = generate_default_cfgs({
         label_names=CIFAR10_CLASSES),
     'flexnet16.cifar10_16px_alias_free': _cfg(
         **hub_weights('flexnet16.cifar10_16px_alias_free',
-                      '5226a7c250390b2aac3890cd1f949a5d7e26ce35cb613a92e9aed1ec1d4977b8'),
+                      '99bee0b85084961b7c669276d02254fab1a3e4cca7ab95ac511314fbc9732193'),
         label_names=CIFAR10_CLASSES, input_size=(3, 16, 16), pool_size=(16, 16), test_input_size=(3, 32, 32)),
     'flexnet12.untrained': _cfg(),
     'flexnet8.untrained': _cfg(),
