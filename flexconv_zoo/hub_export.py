@@ -157,8 +157,8 @@ def _check_same_model(model: torch.nn.Module, config_path: Path, tag: str) -> No
         return
     run_args = json.loads(config_path.read_text()).get('model_args') or {}
     tag_args = model.construction_args()
-    shared = sorted((set(run_args) & set(tag_args)) - {'num_classes', 'in_chans'})
-    differ = [f"{k}: run {saved}, {tag} {built}" for k, saved, built in differing_model_args(run_args, tag_args, shared)]
+    keys = sorted(set(run_args) - {'num_classes', 'in_chans'})  # differing_model_args skips keys the tag lacks
+    differ = [f"{k}: run {saved}, {tag} {built}" for k, saved, built in differing_model_args(run_args, tag_args, keys)]
     if differ:
         raise UserError(f"{config_path.parent} was trained as another model than {tag} builds ({'; '.join(differ)}): "
                         f"export it under a tag whose model matches, or add one to default_cfgs.")

@@ -44,8 +44,8 @@ class KernelCache:
             compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The cached kernel, or ``compute()`` when the key has changed."""
         params = tuple((p.device, p.dtype, p.data_ptr(), p._version) for p in params)
-        # kernels computed under autocast stay apart from the others (they once were bf16 kernels): a cached
-        # kernel never depends on the autocast state it was made in
+        # the autocast state stays in the key: compute_kernel now samples in float32 under autocast too, so both
+        # states give the same kernel, and the key keeps any later low-precision path from leaking across
         autocast = frozenset(autocast_state(device) for device, *_ in params)
         key = grid, source_grid, torch.is_inference_mode_enabled(), autocast, params
         if self.kernel is None or self.key != key:
