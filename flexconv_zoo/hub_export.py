@@ -233,8 +233,9 @@ def export_run(
                               overwrite=overwrite, training_curves=run / 'training_curves.png')
     report = validate_hub_folder(folder)
     print(f"wrote and validated {folder}")
-    print(f"  sha256 of model.safetensors (also in config.json): {report['files']['model.safetensors']}; add "
-          f"hub_weights({tag!r}, '<sha256>') to the tag's default_cfgs entry")
+    sha256 = report['files']['model.safetensors']
+    print(f"  sha256 of model.safetensors (also in config.json): {sha256}; the tag's default_cfgs entry needs "
+          f"hub_weights({tag!r}, {sha256!r}) (scripts/campaign.sh export writes it)")
     for r in results:
         flip = f", flip TTA {r.flip_top1:6.2f}" if r.flip_top1 is not None else ''
         print(f"  {r.split:>10} {r.input_size:>5} top1 {r.top1:6.2f}{flip} ({r.num_samples})")

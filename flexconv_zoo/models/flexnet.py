@@ -205,7 +205,7 @@ default_cfgs = generate_default_cfgs({
         label_names=CIFAR10_CLASSES),
     'flexnet16.cifar10_16px_alias_free': _cfg(
         **hub_weights('flexnet16.cifar10_16px_alias_free',
-                      '99bee0b85084961b7c669276d02254fab1a3e4cca7ab95ac511314fbc9732193'),
+                      '115529a374b34b7c9a05b8e5bee1993a3fa492ac5be6420434defc99a60f472b'),
         label_names=CIFAR10_CLASSES, input_size=(3, 16, 16), pool_size=(16, 16), test_input_size=(3, 32, 32)),
     'flexnet12.untrained': _cfg(),
     'flexnet8.untrained': _cfg(),
